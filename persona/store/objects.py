@@ -1,0 +1,239 @@
+"""The structured object kinds and their canonical payloads.
+
+Each kind is a frozen dataclass with ``to_payload`` (canonical JSON bytes, see
+persona.canonical) and ``from_payload``. Only facts that are the same in every
+process go into a payload: ids, names, numbers, hyper-parameters. Wall-clock
+durations and loss curves live in the database, so training twice on the same
+data with the same seed yields the same vector id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+from persona import canonical
+from persona.errors import CorruptObject
+
+FORMAT = 1
+
+
+def _load(kind: str, payload: bytes) -> dict[str, Any]:
+    try:
+        data = canonical.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptObject(f"{kind} object is not valid JSON", "run `persona fsck`") from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CorruptObject(f"{kind} object has an unknown format", "upgrade persona")
+    return data
+
+
+@dataclass(frozen=True)
+class TreeEntry:
+    blob: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Tree:
+    """Tensor name -> blob: the weights of a base or of a build."""
+
+    kind: ClassVar[str] = "tree"
+    entries: dict[str, TreeEntry]
+
+    def to_payload(self) -> bytes:
+        return canonical.dumps({
+            "format": FORMAT,
+            "entries": {n: {"blob": e.blob, "dtype": e.dtype, "shape": list(e.shape)}
+                        for n, e in self.entries.items()},
+        })
+
+    @classmethod
+    def from_payload(cls, payload: bytes) -> Tree:
+        data = _load("tree", payload)
+        try:
+            return cls({n: TreeEntry(e["blob"], e["dtype"], tuple(e["shape"]))
+                        for n, e in data["entries"].items()})
+        except (KeyError, TypeError) as exc:
+            raise CorruptObject("tree object is malformed", "run `persona fsck`") from exc
+
+    def blob_ids(self) -> list[str]:
+        return [e.blob for e in self.entries.values()]
+
+
+@dataclass(frozen=True)
+class Base:
+    """An imported base model: its weights, and the files a build needs to be loadable."""
+
+    kind: ClassVar[str] = "base"
+    weights: str  # tree id
+    files: dict[str, str]  # file name (config.json, tokenizer.json, ...) -> file object id
+    architecture: str
+    source: dict[str, Any]  # {"kind": "gguf"|"hf"|"smollm2", "name": ..., "sha256": ...}
+    tie_word_embeddings: bool = False
+
+    def to_payload(self) -> bytes:
+        return canonical.dumps({"format": FORMAT, **asdict(self)})
+
+    @classmethod
+    def from_payload(cls, payload: bytes) -> Base:
+        data = _load("base", payload)
+        data.pop("format")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise CorruptObject("base object is malformed", "run `persona fsck`") from exc
+
+    def referenced_ids(self) -> list[str]:
+        return [self.weights, *self.files.values()]
+
+
+@dataclass(frozen=True)
+class LoraFactorRef:
+    A: str  # blob, r x in
+    B: str  # blob, out x r
+    scale: float
+
+
+@dataclass(frozen=True)
+class Vector:
+    """A behaviour: the change it makes to a base, pinned to that base's id.
+
+    ``deltas`` holds dense W_ft - W_base tensors; ``factors`` holds low-rank ones
+    (LoRA, or a truncated SVD of a dense delta) as delta = scale * B @ A.
+    A vector may have both (e.g. SVD for matrices, dense for norms).
+    """
+
+    kind: ClassVar[str] = "vector"
+    vector_kind: str  # lora | dense | lowrank
+    base: str  # base object id
+    deltas: dict[str, str] = field(default_factory=dict)  # tensor name -> blob
+    factors: dict[str, LoraFactorRef] = field(default_factory=dict)  # tensor name -> factors
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def to_payload(self) -> bytes:
+        return canonical.dumps({
+            "format": FORMAT,
+            "vector_kind": self.vector_kind,
+            "base": self.base,
+            "deltas": self.deltas,
+            "factors": {n: {"A": f.A, "B": f.B, "scale": f.scale} for n, f in self.factors.items()},
+            "provenance": self.provenance,
+        })
+
+    @classmethod
+    def from_payload(cls, payload: bytes) -> Vector:
+        data = _load("vector", payload)
+        try:
+            return cls(
+                vector_kind=data["vector_kind"], base=data["base"], deltas=dict(data["deltas"]),
+                factors={n: LoraFactorRef(f["A"], f["B"], float(f["scale"]))
+                         for n, f in data["factors"].items()},
+                provenance=data.get("provenance", {}),
+            )
+        except (KeyError, TypeError) as exc:
+            raise CorruptObject("vector object is malformed", "run `persona fsck`") from exc
+
+    def touched(self) -> list[str]:
+        return sorted({*self.deltas, *self.factors})
+
+    def referenced_ids(self) -> list[str]:
+        ids = [self.base, *self.deltas.values()]
+        for factor in self.factors.values():
+            ids += [factor.A, factor.B]
+        return ids
+
+
+@dataclass(frozen=True)
+class RecipeObject:
+    """A validated recipe with every name resolved to the id it meant at commit time."""
+
+    kind: ClassVar[str] = "recipe"
+    body: dict[str, Any]
+
+    def to_payload(self) -> bytes:
+        return canonical.dumps({"format": FORMAT, **self.body})
+
+    @classmethod
+    def from_payload(cls, payload: bytes) -> RecipeObject:
+        data = _load("recipe", payload)
+        data.pop("format")
+        return cls(data)
+
+    def referenced_ids(self) -> list[str]:
+        return [self.body["base"]["id"], *(v["id"] for v in self.body["vectors"])]
+
+
+@dataclass(frozen=True)
+class Commit:
+    kind: ClassVar[str] = "commit"
+    recipe: str
+    parents: tuple[str, ...]
+    author: str
+    time: int  # seconds since the epoch, UTC
+    message: str
+
+    def to_payload(self) -> bytes:
+        return canonical.dumps({
+            "format": FORMAT, "recipe": self.recipe, "parents": list(self.parents),
+            "author": self.author, "time": self.time, "message": self.message,
+        })
+
+    @classmethod
+    def from_payload(cls, payload: bytes) -> Commit:
+        data = _load("commit", payload)
+        try:
+            return cls(data["recipe"], tuple(data["parents"]), data["author"], int(data["time"]),
+                       data["message"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptObject("commit object is malformed", "run `persona fsck`") from exc
+
+    def referenced_ids(self) -> list[str]:
+        return [self.recipe, *self.parents]
+
+
+@dataclass(frozen=True)
+class Build:
+    """A recipe's merged weights: a cache entry that makes rebuilds free."""
+
+    kind: ClassVar[str] = "build"
+    recipe: str
+    base: str
+    weights: str  # tree id
+    dtype: str
+
+    def to_payload(self) -> bytes:
+        return canonical.dumps({"format": FORMAT, **asdict(self)})
+
+    @classmethod
+    def from_payload(cls, payload: bytes) -> Build:
+        data = _load("build", payload)
+        data.pop("format")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise CorruptObject("build object is malformed", "run `persona fsck`") from exc
+
+    def referenced_ids(self) -> list[str]:
+        return [self.recipe, self.base, self.weights]
+
+
+STRUCTURED = {cls.kind: cls for cls in (Tree, Base, Vector, RecipeObject, Commit, Build)}
+
+
+def decode(kind: str, payload: bytes) -> Any:
+    """Decode any structured object (``file`` and ``blob`` stay raw)."""
+    if kind in STRUCTURED:
+        return STRUCTURED[kind].from_payload(payload)
+    return payload
+
+
+def referenced_ids(kind: str, payload: bytes) -> list[str]:
+    """Ids an object points at: the edges fsck and gc walk."""
+    obj = decode(kind, payload)
+    if kind == "tree":
+        return obj.blob_ids()
+    if kind in ("base", "vector", "recipe", "commit", "build"):
+        return obj.referenced_ids()
+    return []
