@@ -68,7 +68,10 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
     debug = os.environ.get("PERSONA_DEBUG") == "1"
     try:
-        app(args=argv, prog_name="persona", standalone_mode=False)
+        # Without standalone mode click returns typer.Exit's code instead of exiting.
+        code = app(args=argv, prog_name="persona", standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except PersonaError as exc:
         if debug:
             raise

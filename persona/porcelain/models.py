@@ -68,9 +68,9 @@ def open_source(spec: str, allow_pickle: bool = False):
     if not path.exists():
         raise NotFound(f"no such model: {spec}", "give `smollm2`, a Hugging Face model directory or a .gguf file")
     if path.is_dir():
-        from persona.tensorio.hf_dir import read_hf_dir
+        from persona.tensorio.hf_dir import open_model_dir
 
-        return read_hf_dir(path, allow_pickle=allow_pickle), {"kind": "hf", "name": path.name}
+        return open_model_dir(path, allow_pickle=allow_pickle), {"kind": "hf", "name": path.name}
     if path.suffix.lower() == ".gguf":
         from persona.tensorio.gguf_reader import read_gguf
 
@@ -167,13 +167,13 @@ def import_adapter(repo: Repository, name: str, adapter_dir: Path, base: str | N
                    allow_pickle: bool = False, force: bool = False) -> VectorInfo:
     """A PEFT LoRA adapter, stored as its factors (delta = scale * B @ A)."""
     from persona.store.tensors import put_tensor
-    from persona.tensorio.peft_reader import read_adapter
+    from persona.tensorio.peft_reader import read_lora_adapter
     from persona.tensorio.source import assert_finite
 
     validate_name(name, "vector name")
     base_id = default_base(repo, base)
     tree = _base_tree(repo, base_id)
-    adapter = read_adapter(Path(adapter_dir), allow_pickle=allow_pickle)
+    adapter = read_lora_adapter(Path(adapter_dir), allow_pickle=allow_pickle)
     factors: dict[str, obj.LoraFactorRef] = {}
     for target, factor in sorted(adapter.factors.items()):
         entry = tree.entries.get(target)
@@ -211,14 +211,14 @@ def import_checkpoint(repo: Repository, name: str, checkpoint: Path, base: str |
     import torch
 
     from persona.store.tensors import load_tensor, put_tensor
-    from persona.tensorio.hf_dir import read_hf_dir
+    from persona.tensorio.hf_dir import open_model_dir
 
     validate_name(name, "vector name")
     if rank is not None and rank < 1:
         raise InvalidInput(f"--rank must be at least 1, got {rank}", "e.g. --rank 16")
     base_id = default_base(repo, base)
     tree = _base_tree(repo, base_id)
-    source = read_hf_dir(Path(checkpoint), allow_pickle=allow_pickle)
+    source = open_model_dir(Path(checkpoint), allow_pickle=allow_pickle)
     listing = {t.name: t for t in source.tensors}
     missing = sorted(set(tree.entries) - set(listing))
     extra = sorted(set(listing) - set(tree.entries))
