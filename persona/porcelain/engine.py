@@ -140,10 +140,10 @@ def build_recipe(repo: Repository, recipe_id: str, dtype: str | None = None, ver
     p = plan(repo, body)
     params = MergeParams(method=body["method"], lambda_=float(body["lambda"]), density=float(body["density"]),
                          seed=int(body["seed"]), elect=body.get("elect", "sum"), trim=body.get("trim", "tensor"))
+    workspace = Workspace()
     global_thresholds = None
     if params.trim == "global":
-        global_thresholds = _global_thresholds(repo, p, verify)
-    workspace = Workspace()
+        global_thresholds = _global_thresholds(repo, p, verify, workspace)
     entries: dict[str, obj.TreeEntry] = {}
     names = sorted(p.tree.entries)
     total = sum(_nbytes(p.tree.entries[n]) for n in names)
@@ -190,12 +190,13 @@ def _nbytes(entry: obj.TreeEntry) -> int:
     return numel * DTYPE_SIZES[entry.dtype]
 
 
-def _global_thresholds(repo: Repository, p: _Plan, verify: bool):
-    """One magnitude cut-off per vector over the whole model, by a streaming pass."""
-    from persona.merge.select import GlobalThreshold
+def _global_thresholds(repo: Repository, p: _Plan, verify: bool, workspace):
+    """One magnitude cut-off per vector over the whole model, by streaming passes (no flattening)."""
+    from persona.merge.select import GlobalTopK
 
-    accumulators = {spec["id"]: GlobalThreshold(float(spec["density"])) for spec, _ in p.vectors}
-    for name in sorted(p.touched):
-        for term in _terms(repo, p, name, verify):
-            accumulators[term.vector_id].add(name, term)
-    return {vid: acc.finish() for vid, acc in accumulators.items()}
+    selector = GlobalTopK(workspace)
+    while selector.needs_pass:
+        for name in sorted(p.touched):
+            selector.observe(name, _terms(repo, p, name, verify))
+        selector.end_pass()
+    return selector.result()
