@@ -190,3 +190,38 @@ def test_global_trim(repo, tmp_path):
     recipe = _recipe(repo, tmp_path, trim="global")
     result = merge_recipe(repo, recipe, "global trim")
     assert not result.build.cached and result.build.merged_tensors >= 2
+
+
+def test_build_gguf_reads_back(repo, tmp_path):
+    import gguf
+
+    merge_recipe(repo, _recipe(repo, tmp_path), "ties")
+    out = build(repo, "HEAD", tmp_path / "timmy.gguf", fmt="gguf", outtype="f32")
+    reader = gguf.GGUFReader(out.path)
+    names = {t.name for t in reader.tensors}
+    assert "token_embd.weight" in names and "blk.0.attn_q.weight" in names
+    template = reader.fields["tokenizer.chat_template"]
+    assert "im_start" in bytes(template.parts[template.data[0]]).decode()
+    # a tensor no permutation touches comes back equal to the build's
+    merged = repo.get(repo.get(out.build.id, obj.Build).weights, obj.Tree)
+    gate = next(t for t in reader.tensors if t.name == "blk.0.ffn_gate.weight")
+    expected = load_tensor(repo.objects, merged.entries["model.layers.0.mlp.gate_proj.weight"].blob)
+    assert torch.equal(torch.from_numpy(gate.data.copy()).reshape(expected.shape), expected)
+
+
+def test_weight_diff(repo, tmp_path):
+    from persona.porcelain.weightdiff import weight_diff
+
+    a = merge_recipe(repo, _recipe(repo, tmp_path, method="task_arithmetic", density=1.0, alphas=(1.0, 0.0001)),
+                     "a").commit.id
+    b = merge_recipe(repo, _recipe(repo, tmp_path, method="task_arithmetic", density=1.0, alphas=(2.0, 0.0001)),
+                     "b").commit.id
+    report = weight_diff(repo, a, b)
+    total = report.builds["total"]
+    # B's merged delta is (almost exactly) twice A's: |B - A| == |A| and cosine 1
+    assert total["cosine"] == pytest.approx(1.0, abs=1e-4)
+    assert total["l2_change"] == pytest.approx(total["norm_a"], rel=1e-3)
+    assert total["norm_b"] == pytest.approx(2 * total["norm_a"], rel=1e-3)
+    assert {row["layer"] for row in report.builds["layers"]} <= {0, 1, None}
+    assert report.vectors and report.vectors[0]["a"] == "listening"
+    assert "conflict" in report.render()

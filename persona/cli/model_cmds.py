@@ -91,6 +91,21 @@ def base_show(
     typer.echo(f"  files         {', '.join(info.files)}")
 
 
+@base_app.command("export")
+def base_export(
+    name: str = typer.Argument(..., help="Base name or id prefix."),
+    out: Path = typer.Option(..., "-o", "--output", help="Directory to write."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing directory."),
+) -> None:
+    """Write a base back out as a Hugging Face directory (e.g. to train an adapter with other tools).
+
+    Example: persona base export smollm2 -o out/smollm2
+    """
+    from persona.porcelain.build import export_base
+
+    typer.echo(f"exported base {name} to {export_base(open_repo(), name, out, force)}")
+
+
 @vector_app.command("import")
 def vector_import(
     name: str = typer.Argument(..., help="Name for the vector (e.g. listening)."),

@@ -189,11 +189,23 @@ def build(repo: Repository, rev: str, out: Path, dtype: str | None = None, shard
     files = _files_for(repo, base, result.dtype)
     files["README.md"] = model_card(repo, commit_id, body, result).encode()
     if fmt == "gguf":
+        from persona.porcelain.materialise import tree_source
         from persona.tensorio.gguf_writer import write_gguf
 
-        path = write_gguf(Path(out), files, _tensors(repo, tree), outtype=outtype, force=force)
+        source = tree_source(repo, tree, files, base.architecture, base.tie_word_embeddings)
+        path = write_gguf(Path(out), source, outtype=outtype, force=force)
     else:
         from persona.tensorio.hf_writer import write_model_dir
 
         path = write_model_dir(Path(out), files, _tensors(repo, tree), max_shard_bytes=max_shard, force=force)
     return BuildOutput(str(path), fmt, commit_id, result)
+
+
+def export_base(repo: Repository, name: str, out: Path, force: bool = False) -> str:
+    """Write an imported base back out as a Hugging Face directory (for training elsewhere)."""
+    from persona.tensorio.hf_writer import write_model_dir
+
+    base = repo.get(repo.base_id(name), obj.Base)
+    tree = repo.get(base.weights, obj.Tree)
+    files = {fname: repo.get_file(oid) for fname, oid in base.files.items()}
+    return str(write_model_dir(Path(out), files, _tensors(repo, tree), force=force))
