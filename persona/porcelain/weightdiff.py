@@ -63,6 +63,18 @@ def _delta(repo: Repository, vector: obj.Vector, name: str, alpha: float):
     return None
 
 
+def _merged_delta(repo: Repository, entry: obj.TreeEntry | None, base_entry: obj.TreeEntry | None, base):
+    """A build's tensor minus the base's (None when the build kept the base's blob)."""
+    import torch
+
+    from persona.store.tensors import load_tensor
+
+    if entry is None or (base_entry is not None and entry.blob == base_entry.blob):
+        return None
+    tensor = load_tensor(repo.objects, entry.blob, verify=True).to(torch.float32)
+    return tensor - base if base is not None else tensor
+
+
 def weight_diff(repo: Repository, commit_a: str, commit_b: str) -> WeightDiff:
     import torch
 
@@ -81,14 +93,7 @@ def weight_diff(repo: Repository, commit_a: str, commit_b: str) -> WeightDiff:
         if ea and eb and base_entry and ea.blob == eb.blob == base_entry.blob:
             continue
         base = load_tensor(repo.objects, base_entry.blob, verify=True).to(torch.float32) if base_entry else None
-
-        def delta(entry, base=base):
-            if entry is None or (base_entry and entry.blob == base_entry.blob):
-                return None
-            tensor = load_tensor(repo.objects, entry.blob, verify=True).to(torch.float32)
-            return tensor - base if base is not None else tensor
-
-        stats.observe(name, delta(ea), delta(eb))
+        stats.observe(name, _merged_delta(repo, ea, base_entry, base), _merged_delta(repo, eb, base_entry, base))
     body = repo.recipe(recipe_b).body
     vectors = [(v["name"], float(v["alpha"]), repo.get(v["id"], obj.Vector)) for v in body["vectors"]]
     pairs = []
