@@ -47,4 +47,7 @@ step persona rollback "HEAD@{1}" -m "undo the rollback"
 step persona reflog
 step persona fsck
 step persona gc --dry-run
+# Deterministic context compaction of an agent session (zero inference).
+step persona compact examples/sessions/hermes_debug_session.json --tokenizer smollm2 --context-window 8192 \
+    -o "$DEMO/compacted_session.json"
 printf '\ndemo finished: the store is in %s\n' "$DEMO/store"
