@@ -2,7 +2,8 @@
 # Set everything up and run the demo on the embedded SmolLM2-135M-Instruct:
 # a store, the base, two behaviours as LoRA task vectors, recipes committed and
 # merged (TIES with a negated vector), history, diff, a deployable build that
-# transformers loads and generates with, rollback and its undo, fsck and gc.
+# transformers loads and generates with; a prompt section distilled into a vector
+# and AER measured before and after; rollback and its undo, fsck, gc, compaction.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -41,6 +42,17 @@ inputs = tok.apply_chat_template([{"role": "user", "content": "What is the capit
 out = model.generate(**inputs, max_new_tokens=24, do_sample=False)
 print(tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
 PY
+# Bake a prompt section into the weights: context distillation of SOUL.md's identity.
+step persona aer --tokens-only --prompt examples/aer/SOUL.md
+step persona train identity --distill examples/aer/SOUL.md --section identity \
+    --prompts examples/train/questions.txt --steps 20 --lr 1e-3 --rank 16 --teacher-max-new-tokens 32
+step persona vector test identity --probes examples/train/identity_probes.yaml \
+    --prompt examples/aer/SOUL.md --without identity --max-new-tokens 24
+# AER of the current recipe (nothing distilled), then of a recipe with the identity vector.
+step persona aer --prompt examples/aer/SOUL.md --probes examples/aer/probes-demo.yaml --max-new-tokens 24
+step persona merge -f recipes/timmy-identity.yaml -m "bake the identity section into the weights"
+step persona aer --prompt examples/aer/SOUL.md --probes examples/aer/probes-demo.yaml --max-new-tokens 24
+step persona aer --history
 step persona rollback HEAD~1 -m "too much at once"
 step persona log -n 1
 step persona rollback "HEAD@{1}" -m "undo the rollback"
