@@ -56,7 +56,10 @@ def _number(value: Any, field: str, source: str, low: float | None = None, high:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidInput(f"{source}: {field} must be a number, got {type(value).__name__} {value!r}",
                            f"write {field} as a plain number, e.g. {field}: 1.0")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer with hundreds of digits
+        raise InvalidInput(f"{source}: {field} is out of range", f"give {field} a plain number") from None
     if not math.isfinite(number):
         raise InvalidInput(f"{source}: {field} is not finite ({value})", f"give {field} a finite value")
     if low is not None and (number <= low if low_open else number < low):

@@ -152,8 +152,10 @@ def safe_load_yaml(text: str, source: str) -> Any:
             f"{source}: probe file larger than {MAX_PROBE_FILE_BYTES} bytes",
             "split it into smaller files",
         )
-    loader = _LimitedSafeLoader(text)
+    loader: _LimitedSafeLoader | None = None
     try:
+        # Inside the try: the reader already refuses control characters on construction.
+        loader = _LimitedSafeLoader(text)
         node = loader.get_single_node()
         if node is None:
             return None
@@ -175,7 +177,8 @@ def safe_load_yaml(text: str, source: str) -> Any:
     except RecursionError:
         raise InvalidInput(f"{source}: YAML nested too deeply", "flatten the probe file") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 @functools.lru_cache(maxsize=1024)

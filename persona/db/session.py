@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from persona import faults
 from persona.errors import StoreError
 
 T = TypeVar("T")
@@ -31,16 +33,39 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
 
         @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn, _record) -> None:  # pragma: no cover - trivial
+        def _pragmas(dbapi_conn, _record) -> None:
             cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
+            try:
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+                cursor.execute("PRAGMA synchronous=NORMAL")
+                cursor.execute("PRAGMA foreign_keys=ON")
+            except sqlite3.OperationalError as exc:
+                # Opening a WAL database writes its -shm file: a full disk or a
+                # read-only store fails here, before any transaction can retry.
+                raise _open_error(exc, url) from exc
+            finally:
+                cursor.close()
 
         return engine
     return create_engine(url, pool_pre_ping=True)
+
+
+def _open_error(exc: Exception, url: str) -> StoreError:
+    """Name the likely cause of a database that cannot be opened."""
+    path = Path(url.split("///", 1)[-1]) if "///" in url else None
+    folder = path.parent if path is not None else None
+    reason = str(exc)
+    if folder is not None and folder.is_dir():
+        with contextlib.suppress(OSError):
+            if os.statvfs(folder).f_bavail == 0:
+                return StoreError(f"disk full: cannot open the database {path} ({reason})",
+                                  "free some space and run the command again")
+        if not os.access(folder, os.W_OK):
+            return StoreError(f"permission denied: cannot open the database {path} ({reason})",
+                              "check the store's permissions (or use --store)")
+    return StoreError(f"cannot open the database {path or url}: {reason}",
+                      "check the disk (full? read-only?) and the store's permissions")
 
 
 def database_url(store_root: Path) -> tuple[str, Path | None]:
@@ -67,7 +92,9 @@ class Database:
         for attempt in range(RETRIES):
             try:
                 with self.session() as session:
-                    return work(session)
+                    result = work(session)
+                    faults.checkpoint("db.commit")
+                    return result
             except OperationalError as exc:
                 if "locked" not in str(exc).lower() and "busy" not in str(exc).lower():
                     raise StoreError(f"database error: {exc.orig}", "run `persona fsck`") from exc

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from persona.errors import Incompatible, PersonaError
+from persona.errors import Incompatible
 from persona.repo import Repository
 from persona.store import objects as obj
 
@@ -94,7 +94,7 @@ def find_cached(repo: Repository, recipe_id: str, dtype: str | None) -> str | No
         return [row.id for row in session.execute(query) if dtype is None or row.dtype == dtype]
 
     for build_id in repo.db.read(work):
-        if repo.objects.has(build_id):
+        if repo.objects.freshen(build_id):  # freshened: a concurrent gc now spares it
             return build_id
     return None
 
@@ -120,7 +120,6 @@ def _terms(repo: Repository, p: _Plan, name: str, verify: bool):
 def build_recipe(repo: Repository, recipe_id: str, dtype: str | None = None, verify: bool = True,
                  progress: Progress | None = None) -> BuildResult:
     """The build of a stored recipe: from the cache, or merged now."""
-    import torch
 
     from persona.merge.kernel import merge_tensor
     from persona.merge.params import MergeParams
@@ -165,8 +164,6 @@ def build_recipe(repo: Repository, recipe_id: str, dtype: str | None = None, ver
             else:
                 result = base_tensor.to(torch_dtype(out_dtype))
                 reused += 1
-            if not bool(torch.isfinite(result).all()) and result.is_floating_point():
-                raise PersonaError(f"merging {name} produced NaN/Inf", "lower lambda or the alphas")
             entries[name] = obj.TreeEntry(put_tensor(repo.objects, result), dtype_name(result.dtype),
                                           tuple(result.shape))
         done += _nbytes(entry)

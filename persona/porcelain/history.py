@@ -1,13 +1,17 @@
 """Recipe history: commit, log, show, diff, rollback, branch, checkout, tag, reflog.
 
 Nothing here imports torch: these verbs must answer in a fraction of a second.
-Order of writes in ``commit``: objects first, then the ref (compare-and-swap),
-then the database index. A crash at any point leaves either no new commit or a
-complete one; a missing index row is rebuilt by ``persona fsck --repair``.
+Order of writes in ``commit``: objects first, then the database index, then the
+ref (compare-and-swap). A crash at any point leaves either no new commit on the
+branch (at most an unreferenced commit object and its index row, which gc
+removes together) or a complete, indexed one: whatever a ref reaches is indexed.
+Before pointing anything at an existing object (the recipe's base and vectors,
+a rollback's target) the object is freshened, so a concurrent gc spares it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import getpass
 import os
@@ -16,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from persona import recipes
-from persona.errors import Conflict, InvalidInput, NotFound
+from persona import faults, recipes
+from persona.errors import Conflict, InvalidInput, NotFound, PersonaError
 from persona.repo import Repository
 from persona.store import objects as obj
 from persona.store import revparse
@@ -69,8 +73,27 @@ def _index_commit(repo: Repository, oid: str, commit: obj.Commit) -> None:
     repo.db.write(work)
 
 
+def _unindex_commit(repo: Repository, oid: str) -> None:
+    """Best effort: drop the row of a commit whose ref update failed (gc would, later)."""
+    from sqlalchemy import delete
+
+    from persona.db.models import CommitRow
+
+    with contextlib.suppress(PersonaError):
+        repo.db.write(lambda session: session.execute(delete(CommitRow).where(CommitRow.id == oid)))
+
+
+def _hold(repo: Repository, ids: list[str]) -> None:
+    """Freshen objects about to be pointed at, so a concurrent gc spares them; refuse if one is gone."""
+    for oid in ids:
+        if not repo.objects.freshen(oid):
+            raise NotFound(f"object {oid[:12]} is no longer in the store",
+                           "it was garbage-collected or removed; run `persona fsck`")
+
+
 def _advance_head(repo: Repository, new: str, expected: str | None, message: str) -> str:
     """Move the current branch (or a detached HEAD) from ``expected`` to ``new``."""
+    _hold(repo, [new])
     target = repo.refs.head_target() or "HEAD"
     repo.refs.update(target, new, expected=expected, message=message)
     return target
@@ -82,12 +105,18 @@ def commit_recipe(repo: Repository, recipe: obj.RecipeObject, message: str,
     if not message.strip():
         raise InvalidInput("empty commit message", 'pass -m "what changed and why"')
     recipe_id = repo.put(recipe)
+    _hold(repo, recipe.referenced_ids())
     parent = repo.head()
     commit = obj.Commit(recipe_id, (parent,) if parent else (), author or author_name(),
                         int(now if now is not None else time.time()), message.strip())
     oid = repo.put(commit)
-    _advance_head(repo, oid, parent, f"commit: {commit.message.splitlines()[0]}")
+    faults.checkpoint("commit.objects")
     _index_commit(repo, oid, commit)
+    try:
+        _advance_head(repo, oid, parent, f"commit: {commit.message.splitlines()[0]}")
+    except PersonaError:
+        _unindex_commit(repo, oid)  # the commit never made it onto the branch
+        raise
     return commit_info(repo, oid)
 
 
@@ -229,6 +258,7 @@ def create_branch(repo: Repository, name: str, rev: str = "HEAD") -> RefMove:
     ref = f"{NAMESPACES['branch']}/{name}"
     if repo.refs.read_raw(ref) is not None:
         raise Conflict(f"branch {name!r} already exists", "choose another name or `persona checkout` it")
+    _hold(repo, [target])
     repo.refs.update(ref, target, expected=None, message=f"branch: created from {rev}")
     return RefMove(ref, None, target)
 
@@ -250,6 +280,7 @@ def create_tag(repo: Repository, name: str, rev: str = "HEAD") -> RefMove:
     ref = f"{NAMESPACES['tag']}/{name}"
     if repo.refs.read_raw(ref) is not None:
         raise Conflict(f"tag {name!r} already exists", "tags do not move; choose another name")
+    _hold(repo, [target])
     repo.refs.update(ref, target, expected=None, message=f"tag: {rev}")
     return RefMove(ref, None, target)
 

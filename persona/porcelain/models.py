@@ -125,9 +125,11 @@ def import_base(repo: Repository, spec: str, name: str | None = None, allow_pick
     tree_id = repo.put(obj.Tree(entries))
     base = obj.Base(tree_id, files, source.architecture, origin, bool(source.tie_word_embeddings))
     base_id = repo.put(base)
-    _set_name(repo, "base", name, base_id, force, f"base import: {spec}")
+    # Index row before the ref (as commit does): a kill in between leaves a
+    # harmless row for an unnamed object, never a named base missing from the index.
     row = base_row(repo, base_id, name)
     repo.db.write(lambda session: session.merge(row))
+    _set_name(repo, "base", name, base_id, force, f"base import: {spec}")
     return show_base(repo, name)
 
 
@@ -276,9 +278,9 @@ def _finish_vector(repo: Repository, name: str, vector: obj.Vector, force: bool,
     from persona.porcelain.index import vector_row
 
     oid = repo.put(vector)
-    _set_name(repo, "vector", name, oid, force, message)
     row = vector_row(repo, oid, name)
     repo.db.write(lambda session: session.merge(row))
+    _set_name(repo, "vector", name, oid, force, message)
     return show_vector(repo, name)
 
 

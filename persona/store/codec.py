@@ -66,8 +66,10 @@ def parse_object_header(data: bytes | memoryview, oid: str = "?") -> tuple[str, 
         raise CorruptObject(f"object {oid[:12]} has no header", "run `persona fsck`")
     try:
         kind, size_text = head[:nul].decode("ascii").split(" ")
+        if not size_text.isdigit():
+            raise ValueError(size_text)
         size = int(size_text)
-    except ValueError as exc:
+    except ValueError as exc:  # UnicodeDecodeError included
         raise CorruptObject(f"object {oid[:12]} has a malformed header", "run `persona fsck`") from exc
     if kind not in KINDS:
         raise CorruptObject(f"object {oid[:12]} has unknown kind {kind!r}", "run `persona fsck`")
@@ -83,11 +85,14 @@ def parse_blob_layout(data: bytes | memoryview, oid: str = "?") -> BlobLayout:
     newline = window.find(b"\n")
     if newline < 0 or not window.startswith(BLOB_MAGIC):
         raise CorruptObject(f"blob {oid[:12]} has a malformed tensor header", "run `persona fsck`")
-    fields = window[:newline].decode("ascii").split()
     try:
+        fields = window[:newline].decode("ascii").split()
         dtype = fields[1]
-        shape = tuple(int(d) for d in fields[2].split(",") if d) if len(fields) > 2 else ()
-    except (IndexError, ValueError) as exc:
+        dims = fields[2].split(",") if len(fields) > 2 else []
+        if not all(d.isdigit() for d in dims if d):
+            raise ValueError(fields[2])
+        shape = tuple(int(d) for d in dims if d)
+    except (IndexError, ValueError) as exc:  # UnicodeDecodeError included
         raise CorruptObject(f"blob {oid[:12]} has a malformed tensor header", "run `persona fsck`") from exc
     if dtype not in DTYPE_SIZES:
         raise CorruptObject(f"blob {oid[:12]} has unknown dtype {dtype}", "run `persona fsck`")

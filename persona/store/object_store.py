@@ -8,6 +8,11 @@ Writes never rewrite an existing object: data goes to a unique temp file in the
 object's directory, is fsynced, and is hard-linked into place (``os.link`` fails
 if the name exists, so a racing writer of the same content is harmless). A crash
 leaves at most a ``.tmp`` file that ``gc`` removes.
+
+Storing an object that already exists *freshens* it (its mtime becomes now), as
+git does: gc deletes an unreachable object only when it is older than the grace
+period, so a writer that reuses an old unreferenced object (the same tensor, a
+cached build) protects it from a concurrent gc before pointing anything at it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from persona import faults
 from persona.errors import CorruptObject, NotFound, StoreError
 from persona.fsutil import describe_os_error, fsync_dir
 from persona.ids import hash_object, is_object_id, object_header
@@ -47,6 +53,7 @@ class ObjectStore(Protocol):
     def get(self, oid: str) -> tuple[str, bytes]: ...
     def open_blob(self, oid: str, verify: bool = False) -> BlobView: ...
     def has(self, oid: str) -> bool: ...
+    def freshen(self, oid: str) -> bool: ...
     def kind_of(self, oid: str) -> str: ...
     def iter_ids(self) -> Iterator[str]: ...
     def size(self, oid: str) -> int: ...
@@ -68,6 +75,14 @@ def _verify_bytes(oid: str, data: bytes | memoryview) -> None:
         )
 
 
+def _split(oid: str, data: bytes) -> tuple[str, bytes]:
+    """(kind, payload) of an object's verified bytes; its header must account for every byte."""
+    kind, size, offset = parse_object_header(data, oid)
+    if len(data) != offset + size:
+        raise CorruptObject(f"object {oid[:12]} has the wrong length", "run `persona fsck`")
+    return kind, data[offset : offset + size]
+
+
 class DiskObjectStore:
     """Objects as files under ``root/ab/cdef...``."""
 
@@ -80,10 +95,29 @@ class DiskObjectStore:
     def has(self, oid: str) -> bool:
         return is_object_id(oid) and self.path(oid).is_file()
 
+    def freshen(self, oid: str) -> bool:
+        """Set an existing object's mtime to now; False when it is not (or no longer) there.
+
+        A writer about to reuse an object calls this first, so gc (which only
+        deletes objects older than its grace period, and re-checks the mtime
+        just before each deletion) leaves it and everything it points to alone.
+        """
+        if not is_object_id(oid):
+            return False
+        try:
+            os.utime(self.path(oid))
+        except FileNotFoundError:
+            return False
+        except OSError:
+            # A read-only store cannot be freshened, and gc cannot delete from it either.
+            return self.path(oid).is_file()
+        return True
+
     def _link_into_place(self, tmp: Path, oid: str) -> None:
         final = self.path(oid)
         try:
             os.link(tmp, final)
+            faults.checkpoint("object.linked")
         except FileExistsError:
             pass
         except OSError as exc:
@@ -102,7 +136,7 @@ class DiskObjectStore:
 
     def put(self, kind: str, payload: bytes) -> str:
         oid = hash_object(kind, payload)
-        if self.has(oid):
+        if self.freshen(oid):
             return oid
         fd, tmp = self._temp_in(self.path(oid).parent)
         try:
@@ -112,6 +146,7 @@ class DiskObjectStore:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.chmod(tmp, 0o444)
+            faults.checkpoint("object.write")
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise describe_os_error(exc, self.path(oid)) from exc
@@ -136,13 +171,14 @@ class DiskObjectStore:
                 if written != data_length:
                     raise ValueError(f"blob data is {written} bytes, expected {data_length}")
                 oid = digest.hexdigest()
-                if self.has(oid):
+                if self.freshen(oid):
                     tmp.unlink(missing_ok=True)
                     return oid
                 handle.flush()
                 os.fsync(handle.fileno())
             os.chmod(tmp, 0o444)
             self.path(oid).parent.mkdir(parents=True, exist_ok=True)
+            faults.checkpoint("object.write")
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise describe_os_error(exc, self.root) from exc
@@ -165,8 +201,7 @@ class DiskObjectStore:
     def get(self, oid: str) -> tuple[str, bytes]:
         data = self._read_all(oid)
         _verify_bytes(oid, data)
-        kind, size, offset = parse_object_header(data, oid)
-        return kind, data[offset : offset + size]
+        return _split(oid, data)
 
     def kind_of(self, oid: str) -> str:
         _check_id(oid)
@@ -237,11 +272,18 @@ class DiskObjectStore:
             raise CorruptObject(f"object {oid[:12]} has the wrong length", "run `persona fsck`")
 
     def stale_temp_files(self, older_than: float) -> list[Path]:
-        """Leftovers of interrupted writes, for gc."""
+        """Leftovers of interrupted writes, for gc (a concurrent writer's may vanish as we look)."""
         if not self.root.is_dir():
             return []
         cutoff = time.time() - older_than
-        return [p for p in self.root.rglob(".obj.*.tmp") if p.stat().st_mtime < cutoff]
+        stale = []
+        for path in self.root.rglob(".obj.*.tmp"):
+            try:
+                if path.stat().st_mtime < cutoff:
+                    stale.append(path)
+            except FileNotFoundError:
+                continue
+        return stale
 
 
 class MemoryObjectStore:
@@ -254,10 +296,16 @@ class MemoryObjectStore:
     def has(self, oid: str) -> bool:
         return oid in self._objects
 
+    def freshen(self, oid: str) -> bool:
+        if oid not in self._objects:
+            return False
+        self._mtimes[oid] = time.time()
+        return True
+
     def _store(self, oid: str, data: bytes) -> str:
         if oid not in self._objects:
             self._objects[oid] = data
-            self._mtimes[oid] = time.time()
+        self._mtimes[oid] = time.time()
         return oid
 
     def put(self, kind: str, payload: bytes) -> str:
@@ -283,8 +331,7 @@ class MemoryObjectStore:
     def get(self, oid: str) -> tuple[str, bytes]:
         data = self._raw(oid)
         _verify_bytes(oid, data)
-        kind, size, offset = parse_object_header(data, oid)
-        return kind, data[offset : offset + size]
+        return _split(oid, data)
 
     def kind_of(self, oid: str) -> str:
         return parse_object_header(self._raw(oid), oid)[0]

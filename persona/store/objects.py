@@ -21,11 +21,29 @@ FORMAT = 1
 def _load(kind: str, payload: bytes) -> dict[str, Any]:
     try:
         data = canonical.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise CorruptObject(f"{kind} object is not valid JSON", "run `persona fsck`") from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CorruptObject(f"{kind} object has an unknown format", "upgrade persona")
     return data
+
+
+def _malformed(kind: str) -> CorruptObject:
+    return CorruptObject(f"{kind} object is malformed", "run `persona fsck`")
+
+
+def _need(ok: bool, kind: str) -> None:
+    """Objects are read back from disk: a field of the wrong type is damage, not a crash."""
+    if not ok:
+        raise _malformed(kind)
+
+
+def _is_str_map(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -52,11 +70,15 @@ class Tree:
     @classmethod
     def from_payload(cls, payload: bytes) -> Tree:
         data = _load("tree", payload)
-        try:
-            return cls({n: TreeEntry(e["blob"], e["dtype"], tuple(e["shape"]))
-                        for n, e in data["entries"].items()})
-        except (KeyError, TypeError) as exc:
-            raise CorruptObject("tree object is malformed", "run `persona fsck`") from exc
+        entries = data.get("entries")
+        _need(isinstance(entries, dict), "tree")
+        out = {}
+        for name, e in entries.items():
+            _need(isinstance(e, dict) and isinstance(e.get("blob"), str) and isinstance(e.get("dtype"), str)
+                  and isinstance(e.get("shape"), list)
+                  and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in e["shape"]), "tree")
+            out[name] = TreeEntry(e["blob"], e["dtype"], tuple(e["shape"]))
+        return cls(out)
 
     def blob_ids(self) -> list[str]:
         return [e.blob for e in self.entries.values()]
@@ -81,9 +103,12 @@ class Base:
         data = _load("base", payload)
         data.pop("format")
         try:
-            return cls(**data)
+            base = cls(**data)
         except TypeError as exc:
-            raise CorruptObject("base object is malformed", "run `persona fsck`") from exc
+            raise _malformed("base") from exc
+        _need(isinstance(base.weights, str) and _is_str_map(base.files) and isinstance(base.architecture, str)
+              and isinstance(base.source, dict) and isinstance(base.tie_word_embeddings, bool), "base")
+        return base
 
     def referenced_ids(self) -> list[str]:
         return [self.weights, *self.files.values()]
@@ -125,15 +150,18 @@ class Vector:
     @classmethod
     def from_payload(cls, payload: bytes) -> Vector:
         data = _load("vector", payload)
-        try:
-            return cls(
-                vector_kind=data["vector_kind"], base=data["base"], deltas=dict(data["deltas"]),
-                factors={n: LoraFactorRef(f["A"], f["B"], float(f["scale"]))
-                         for n, f in data["factors"].items()},
-                provenance=data.get("provenance", {}),
-            )
-        except (KeyError, TypeError) as exc:
-            raise CorruptObject("vector object is malformed", "run `persona fsck`") from exc
+        factors = data.get("factors")
+        _need(isinstance(data.get("vector_kind"), str) and isinstance(data.get("base"), str)
+              and _is_str_map(data.get("deltas")) and isinstance(factors, dict)
+              and isinstance(data.get("provenance", {}), dict), "vector")
+        for f in factors.values():
+            _need(isinstance(f, dict) and isinstance(f.get("A"), str) and isinstance(f.get("B"), str)
+                  and _is_number(f.get("scale")), "vector")
+        return cls(
+            vector_kind=data["vector_kind"], base=data["base"], deltas=dict(data["deltas"]),
+            factors={n: LoraFactorRef(f["A"], f["B"], float(f["scale"])) for n, f in factors.items()},
+            provenance=data.get("provenance", {}),
+        )
 
     def touched(self) -> list[str]:
         return sorted({*self.deltas, *self.factors})
@@ -159,6 +187,9 @@ class RecipeObject:
     def from_payload(cls, payload: bytes) -> RecipeObject:
         data = _load("recipe", payload)
         data.pop("format")
+        base, vectors = data.get("base"), data.get("vectors")
+        _need(isinstance(base, dict) and isinstance(base.get("id"), str) and isinstance(vectors, list)
+              and all(isinstance(v, dict) and isinstance(v.get("id"), str) for v in vectors), "recipe")
         return cls(data)
 
     def referenced_ids(self) -> list[str]:
@@ -183,11 +214,12 @@ class Commit:
     @classmethod
     def from_payload(cls, payload: bytes) -> Commit:
         data = _load("commit", payload)
-        try:
-            return cls(data["recipe"], tuple(data["parents"]), data["author"], int(data["time"]),
-                       data["message"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CorruptObject("commit object is malformed", "run `persona fsck`") from exc
+        parents = data.get("parents")
+        _need(isinstance(data.get("recipe"), str) and isinstance(parents, list)
+              and all(isinstance(p, str) for p in parents) and isinstance(data.get("author"), str)
+              and isinstance(data.get("time"), int) and not isinstance(data.get("time"), bool)
+              and isinstance(data.get("message"), str), "commit")
+        return cls(data["recipe"], tuple(parents), data["author"], data["time"], data["message"])
 
     def referenced_ids(self) -> list[str]:
         return [self.recipe, *self.parents]
@@ -211,9 +243,11 @@ class Build:
         data = _load("build", payload)
         data.pop("format")
         try:
-            return cls(**data)
+            build = cls(**data)
         except TypeError as exc:
-            raise CorruptObject("build object is malformed", "run `persona fsck`") from exc
+            raise _malformed("build") from exc
+        _need(all(isinstance(v, str) for v in (build.recipe, build.base, build.weights, build.dtype)), "build")
+        return build
 
     def referenced_ids(self) -> list[str]:
         return [self.recipe, self.base, self.weights]

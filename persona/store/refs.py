@@ -7,25 +7,35 @@ line to ``logs/<ref>`` (and to ``logs/HEAD`` when HEAD follows that branch), so
 nothing a ref ever pointed at is forgotten: rollback is undoable and gc keeps
 what the reflog reaches.
 
-Concurrency: a writer takes ``<ref>.lock`` with O_EXCL, checks the current value
-against the one it expects, appends the reflog line and renames the lock over the
-ref. A lock whose owner died (kill -9) is detected by its pid and broken, so a
-crash never wedges the store.
+Concurrency: a writer takes ``<ref>.lock`` with O_EXCL (it holds the owner's
+pid), checks the current value against the one it expects, appends the reflog
+line and replaces the ref through a temp file and a rename, then drops the lock.
+A lock whose owner died (kill -9) is detected by its pid and broken, so a crash
+never wedges the store.
+
+Reflogs: appends take an exclusive ``flock`` on the log file, and ``gc``'s
+expiry rewrites a log (temp file + rename) under the same lock; an appender
+that waited on the old file notices the rename and appends to the new one, so
+no line is lost to a concurrent expiry. A line torn by a full disk is skipped
+by readers and the next append starts on a fresh line.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from persona import faults
 from persona.errors import Conflict, InvalidInput, NotFound, StoreError
-from persona.fsutil import describe_os_error, fsync_dir
+from persona.fsutil import atomic_write_bytes, describe_os_error, fsync_dir
 from persona.ids import is_id_prefix, is_object_id
 
 NAMESPACES = {"branch": "refs/heads", "tag": "refs/tags", "base": "refs/bases", "vector": "refs/vectors"}
@@ -67,10 +77,27 @@ class ReflogEntry:
         return {"old": self.old, "new": self.new, "time": self.time, "message": self.message}
 
 
-@dataclass
-class _Held:
-    path: Path
-    consumed: bool = False
+def _parse_entry(line: str) -> ReflogEntry | None:
+    try:
+        data = json.loads(line)
+        return ReflogEntry(data["old"], data["new"], float(data["time"]), data["message"])
+    except (ValueError, KeyError, TypeError):
+        return None  # a torn line from a crash or a full disk
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``fd`` is still the file at ``path`` (a reflog expiry renames a new one over it)."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
 
 
 def _pid_alive(pid: int) -> bool:
@@ -160,79 +187,149 @@ class RefStore:
         except FileNotFoundError:
             return entries
         for line in lines:
-            try:
-                data = json.loads(line)
-                entries.append(ReflogEntry(data["old"], data["new"], float(data["time"]), data["message"]))
-            except (ValueError, KeyError, TypeError):
-                continue  # a torn last line from a crash: skip it, keep the rest
+            entry = _parse_entry(line)
+            if entry is not None:  # a torn line from a crash: skip it, keep the rest
+                entries.append(entry)
         return entries
 
     def reflog_refs(self) -> list[str]:
         logs = self.root / "logs"
         if not logs.is_dir():
             return []
-        return sorted(str(p.relative_to(logs)) for p in logs.rglob("*") if p.is_file())
+        # Temp files of an expiry in progress (or left by a crash) are not logs.
+        return sorted(str(p.relative_to(logs)) for p in logs.rglob("*")
+                      if p.is_file() and not p.name.startswith(".") and not p.name.endswith(".lock"))
 
     # -- locking ---------------------------------------------------------------
     @contextlib.contextmanager
-    def _lock(self, ref: str) -> Iterator[_Held]:
+    def _lock(self, ref: str) -> Iterator[Path]:
         lock = self.ref_path(ref).with_name(self.ref_path(ref).name + ".lock")
+        # The lock is born holding its owner's pid (written to a temp file, then
+        # hard-linked into place, which fails if the name exists), so no other
+        # process ever sees an empty lock it might take for a crashed one.
         try:
             lock.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f".{lock.name}.", suffix=".tmp", dir=lock.parent)
         except OSError as exc:
-            raise describe_os_error(exc, lock.parent) from exc
-        deadline = time.monotonic() + LOCK_TIMEOUT_S
-        delay = 0.002
-        while True:
-            try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-                break
-            except FileExistsError:
-                self._break_if_stale(lock)
-                if time.monotonic() > deadline:
-                    raise Conflict(f"ref {ref} is locked by another persona process",
-                                   f"wait and retry; if no persona is running, delete {lock}") from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.05)
-            except OSError as exc:
-                raise describe_os_error(exc, lock) from exc
-        held = _Held(lock)
+            raise describe_os_error(exc, lock) from exc
+        mine = Path(name)
         try:
-            os.write(fd, f"pid {os.getpid()}\n".encode())
-            os.close(fd)
-            yield held
+            try:
+                _write_all(fd, f"pid {os.getpid()}\n".encode())
+            finally:
+                os.close(fd)
+            deadline = time.monotonic() + LOCK_TIMEOUT_S
+            delay = 0.002
+            while True:
+                try:
+                    os.link(mine, lock)
+                    break
+                except FileExistsError:
+                    self._break_if_stale(lock)
+                    if time.monotonic() > deadline:
+                        raise Conflict(f"ref {ref} is locked by another persona process",
+                                       f"wait and retry; if no persona is running, delete {lock}") from None
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.05)
+        except OSError as exc:
+            raise describe_os_error(exc, lock) from exc
         finally:
-            # Once the lock was renamed over the ref, the name may already belong
-            # to the next writer: only remove a lock we still hold.
-            if not held.consumed:
-                lock.unlink(missing_ok=True)
+            mine.unlink(missing_ok=True)
+        try:
+            yield lock
+        finally:
+            # The lock only ever holds its owner's pid (the new value goes through
+            # a temp file), so the name is ours until we remove it.
+            lock.unlink(missing_ok=True)
 
     @staticmethod
-    def _break_if_stale(lock: Path) -> None:
+    def _looks_stale(lock: Path) -> bool:
         try:
             text = lock.read_text()
             age = time.time() - lock.stat().st_mtime
         except FileNotFoundError:
-            return
+            return False
         pid = None
         if text.startswith("pid "):
-            with contextlib.suppress(ValueError):
+            with contextlib.suppress(ValueError, IndexError):
                 pid = int(text.split()[1])
-        # A lock with a dead owner, or an empty one older than a few seconds
-        # (killed between create and write), is left over from a crash.
-        if (pid is not None and not _pid_alive(pid)) or (pid is None and age > 5):
-            with contextlib.suppress(FileNotFoundError):
-                lock.unlink()
+        # A lock with a dead owner is left over from a crash; so is an empty or
+        # unreadable one older than a few seconds (older versions wrote the pid
+        # after creating the lock).
+        return (pid is not None and not _pid_alive(pid)) or (pid is None and age > 5)
+
+    @classmethod
+    def _break_if_stale(cls, lock: Path) -> None:
+        if not cls._looks_stale(lock):
+            return
+        # Breakers take turns (flock on the folder) and look again before
+        # removing: otherwise one could delete the lock another breaker has just
+        # broken and re-taken, and two writers would both "hold" the ref.
+        try:
+            fd = os.open(lock.parent, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if cls._looks_stale(lock):
+                with contextlib.suppress(FileNotFoundError):
+                    lock.unlink()
+        finally:
+            os.close(fd)
 
     # -- writing ---------------------------------------------------------------
     def _append_log(self, ref: str, entry: ReflogEntry) -> None:
         path = self.log_path(ref)
+        line = (json.dumps(entry.to_json(), sort_keys=True) + "\n").encode("utf-8")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(entry.to_json(), sort_keys=True) + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
+            while True:
+                fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    if not _same_file(fd, path):
+                        continue  # gc expired entries while we waited: append to the new file
+                    size = os.fstat(fd).st_size
+                    if size and os.pread(fd, 1, size - 1) != b"\n":
+                        line = b"\n" + line  # never glue an entry onto a torn line
+                    _write_all(fd, line)
+                    os.fsync(fd)
+                    return
+                finally:
+                    os.close(fd)
+        except OSError as exc:
+            raise describe_os_error(exc, path) from exc
+
+    def expire_reflog(self, ref: str, drop: Callable[[ReflogEntry], bool]) -> list[ReflogEntry]:
+        """Remove the entries ``drop`` selects (gc's expiry); returns them. Torn lines go too."""
+        path = self.log_path(ref)
+        try:
+            while True:
+                try:
+                    fd = os.open(path, os.O_RDWR)
+                except FileNotFoundError:
+                    return []
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    if not _same_file(fd, path):
+                        continue
+                    with open(fd, "rb", closefd=False) as handle:
+                        lines = handle.read().decode("utf-8", errors="replace").splitlines()
+                    kept: list[str] = []
+                    dropped: list[ReflogEntry] = []
+                    for text in lines:
+                        entry = _parse_entry(text)
+                        if entry is None:
+                            continue
+                        if drop(entry):
+                            dropped.append(entry)
+                        else:
+                            kept.append(text)
+                    if dropped:
+                        atomic_write_bytes(path, "".join(t + "\n" for t in kept).encode("utf-8"))
+                    return dropped
+                finally:
+                    os.close(fd)
         except OSError as exc:
             raise describe_os_error(exc, path) from exc
 
@@ -244,8 +341,7 @@ class RefStore:
         exist); when the ref holds something else the update fails with Conflict
         and nothing changes.
         """
-        with self._lock(ref) as held:
-            lock = held.path
+        with self._lock(ref):
             current = self.read_raw(ref)
             if expected is not ANY and current != expected:
                 raise Conflict(f"ref {ref} changed under us (expected {str(expected)[:12]}, "
@@ -254,6 +350,7 @@ class RefStore:
                                 None if symbolic else new, time.time(), message)
             path = self.ref_path(ref)
             try:
+                faults.checkpoint("ref.locked")
                 if new is None:
                     if ref != "HEAD":
                         self._append_log(ref, entry)
@@ -261,17 +358,14 @@ class RefStore:
                     fsync_dir(path.parent)
                     return
                 text = (f"ref: {new}" if symbolic else new) + "\n"
-                with open(lock, "w", encoding="ascii") as handle:
-                    handle.write(text)
-                    handle.flush()
-                    os.fsync(handle.fileno())
+                # The reflog line first: a crash after it leaves a line about an
+                # update that did not happen (harmless), never an update without one.
                 if not symbolic:
                     self._append_log(ref, entry)
                     if ref != "HEAD" and self.head_target() == ref:
                         self._append_log("HEAD", entry)
-                os.replace(lock, path)
-                held.consumed = True
-                fsync_dir(path.parent)
+                faults.checkpoint("ref.logged")
+                atomic_write_bytes(path, text.encode("ascii"))
             except OSError as exc:
                 raise describe_os_error(exc, path) from exc
 
