@@ -77,3 +77,29 @@ def test_database_url_env_is_honoured(tmp_path, monkeypatch):
     assert (tmp_path / "elsewhere.db").is_file()
     assert not (tmp_path / "store" / "persona.db").exists()
     repo.close()
+
+
+def test_racing_index_writes_of_the_same_row_are_retried(tmp_path):
+    """Two processes indexing the same build: the loser's INSERT conflicts and is retried as an update."""
+    from persona.db.models import BuildRow
+
+    repo, _ = Repository.init(tmp_path / "store")
+    calls = []
+
+    def work(session):
+        calls.append(1)
+        if len(calls) == 1:
+            # Simulate the other process winning the race after our SELECT.
+            with repo.db.engine.begin() as other:
+                other.exec_driver_sql("INSERT INTO builds (id, recipe_id, base_id, weights_id, dtype, seconds, "
+                                      "created) VALUES ('b1', 'r', 'b', 'w', 'F32', 0, 0)")
+            session.add(BuildRow(id="b1", recipe_id="r", base_id="b", weights_id="w", dtype="F32", seconds=1.0,
+                                 created=1.0))
+        else:
+            session.merge(BuildRow(id="b1", recipe_id="r", base_id="b", weights_id="w", dtype="F32", seconds=1.0,
+                                   created=1.0))
+
+    repo.db.write(work)
+    assert len(calls) == 2
+    with repo.db.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT seconds FROM builds WHERE id = 'b1'").scalar() == 1.0

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from persona import faults
@@ -95,6 +95,13 @@ class Database:
                     result = work(session)
                     faults.checkpoint("db.commit")
                     return result
+            except IntegrityError as exc:
+                # Two processes indexing the same object (e.g. the same build) raced
+                # between merge()'s SELECT and INSERT: the row exists now, so running
+                # the (idempotent) work again updates it instead.
+                if attempt == RETRIES - 1:
+                    raise StoreError(f"database conflict: {exc.orig}", "run the command again") from exc
+                time.sleep(0.01 * (0.5 + random.random()))
             except OperationalError as exc:
                 if "locked" not in str(exc).lower() and "busy" not in str(exc).lower():
                     raise StoreError(f"database error: {exc.orig}", "run `persona fsck`") from exc
