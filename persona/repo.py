@@ -22,6 +22,7 @@ from persona.fsutil import atomic_write_text, describe_os_error
 from persona.store import objects as obj
 from persona.store.object_store import DiskObjectStore, ObjectStore
 from persona.store.refs import RefStore
+from persona.store.verify_cache import VerifyCache
 
 MARKER = "persona.json"
 STORE_FORMAT = 1
@@ -51,7 +52,8 @@ def discover(start: Path | None = None) -> Path:
 class Repository:
     def __init__(self, root: Path, objects: ObjectStore | None = None) -> None:
         self.root = Path(root)
-        self.objects: ObjectStore = objects or DiskObjectStore(self.root / "objects")
+        self.objects: ObjectStore = objects or DiskObjectStore(
+            self.root / "objects", VerifyCache(self._load_verified, self._save_verified))
         self.refs = RefStore(self.root)
 
     # -- lifecycle ---------------------------------------------------------------
@@ -98,6 +100,34 @@ class Repository:
         engine = make_engine(url)
         upgrade(engine, sqlite_file)
         return Database(engine)
+
+    # -- blobs known to be good (store.verify_cache) ----------------------------
+    def _load_verified(self) -> dict[str, tuple[int, int, int, int]]:
+        from sqlalchemy import select
+
+        from persona.db.models import VerifiedBlobRow as Row
+
+        def work(session) -> dict[str, tuple[int, int, int, int]]:
+            rows = session.execute(select(Row.oid, Row.inode, Row.size, Row.mtime_ns, Row.ctime_ns))
+            return {r.oid: (r.inode, r.size, r.mtime_ns, r.ctime_ns) for r in rows}
+
+        return self.db.read(work)
+
+    def _save_verified(self, records: dict[str, tuple[int, int, int, int]], when: float) -> None:
+        from persona.db.models import VerifiedBlobRow as Row
+
+        def work(session) -> None:
+            for oid, (inode, size, mtime_ns, ctime_ns) in records.items():
+                session.merge(Row(oid=oid, inode=inode, size=size, mtime_ns=mtime_ns, ctime_ns=ctime_ns,
+                                  verified=when))
+
+        self.db.write(work)
+
+    def remember_verified(self) -> None:
+        """Persist which blobs this command hashed or wrote (call after the command's work succeeded)."""
+        cache = getattr(self.objects, "verify_cache", None)
+        if cache is not None:
+            cache.flush()
 
     def close(self) -> None:
         if "db" in self.__dict__:

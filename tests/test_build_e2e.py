@@ -69,8 +69,9 @@ def test_ties_with_negation_matches_reference(repo, tmp_path):
             f = listening.factors[name]
             deltas.append(f.scale * (load_tensor(repo.objects, f.B).double() @ load_tensor(repo.objects, f.A).double()))
             alphas.append(1.0)
-        if name in suggesting.deltas:
-            deltas.append(load_tensor(repo.objects, suggesting.deltas[name]).double())
+        if name in suggesting.finetuned:  # a checkpoint vector: W_ft is stored, the delta is W_ft - W_base
+            deltas.append(load_tensor(repo.objects, suggesting.finetuned[name]).double()
+                          - load_tensor(repo.objects, entry.blob).double())
             alphas.append(-0.5)
         if not deltas:
             assert merged.entries[name].blob == entry.blob, "untouched tensors must share the base's blob"
@@ -93,8 +94,9 @@ def test_task_arithmetic_matches_formula(repo, tmp_path):
     for name, f in listening.factors.items():
         delta = f.scale * (load_tensor(repo.objects, f.B).double() @ load_tensor(repo.objects, f.A).double())
         total = 0.7 * delta
-        if name in suggesting.deltas:
-            total = total - 0.25 * load_tensor(repo.objects, suggesting.deltas[name]).double()
+        if name in suggesting.finetuned:
+            total = total - 0.25 * (load_tensor(repo.objects, suggesting.finetuned[name]).double()
+                                    - load_tensor(repo.objects, base_tree.entries[name].blob).double())
         expected = load_tensor(repo.objects, base_tree.entries[name].blob).double() + 0.9 * total
         assert torch.allclose(load_tensor(repo.objects, merged.entries[name].blob).double(), expected, atol=1e-6)
 

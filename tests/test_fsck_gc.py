@@ -65,7 +65,7 @@ def test_truncated_and_missing_objects(repo2):
 
 def test_missing_blob_of_a_vector(repo2):
     vector = repo2.get(repo2.vector_id("listening"), obj.Vector)
-    blob = next(iter(vector.deltas.values()))
+    blob = next(iter({**vector.deltas, **vector.finetuned}.values()))
     repo2.objects.delete(blob)
     report = fsck(repo2)
     assert any(p.what == "missing" and p.id == blob for p in report.problems)

@@ -137,9 +137,10 @@ def test_checkpoint_vector_stores_only_changed_tensors(based, tiny_finetuned_dir
     vector = based.get(info.id, obj.Vector)
     ft, base = _weights(tiny_finetuned_dir), _weights(tiny_model_dir)
     changed = {n for n in base if not torch.equal(ft[n], base[n])}
-    assert set(vector.deltas) == changed and 0 < len(changed) < len(base)
-    for name in changed:
-        assert torch.equal(load_tensor(based.objects, vector.deltas[name]), ft[name].float() - base[name].float())
+    assert set(vector.finetuned) == changed and 0 < len(changed) < len(base) and not vector.deltas
+    for name in changed:  # W_ft is stored as is, in its own dtype; the merge forms W_ft - W_base
+        stored = load_tensor(based.objects, vector.finetuned[name])
+        assert stored.dtype == ft[name].dtype and torch.equal(stored, ft[name])
 
 
 def test_checkpoint_low_rank_reports_error(based, tiny_finetuned_dir, tiny_model_dir):

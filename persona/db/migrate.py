@@ -19,7 +19,7 @@ from sqlalchemy import Engine, inspect, text
 
 from persona.errors import StoreError
 
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 
 
 def migrations_dir() -> Path:

@@ -100,3 +100,15 @@ class AerResultRow(Base):
     aer_after: Mapped[float] = mapped_column(Float)
     report: Mapped[dict[str, Any]] = mapped_column(JSON)
     created: Mapped[float] = mapped_column(Float)
+
+
+class VerifiedBlobRow(Base):
+    """A blob file that hashed to its id, and the file identity it had then (see store.verify_cache)."""
+
+    __tablename__ = "verified_blobs"
+    oid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    inode: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(Integer)
+    mtime_ns: Mapped[int] = mapped_column(Integer)
+    ctime_ns: Mapped[int] = mapped_column(Integer)
+    verified: Mapped[float] = mapped_column(Float)

@@ -3,7 +3,7 @@
 Importing this package does not import torch (the CLI's history commands must
 stay fast); the names below load their submodule on first use:
 
-- ``MergeParams`` (params), ``DenseTerm`` / ``LowRankTerm`` (terms),
+- ``MergeParams`` (params), ``DenseTerm`` / ``DiffTerm`` / ``LowRankTerm`` (terms),
   ``Workspace`` (workspace): the inputs;
 - ``merge_tensor`` (kernel): merge one tensor by task_arithmetic, ties,
   dare_linear or dare_ties;
@@ -22,6 +22,7 @@ _EXPORTS = {
     "MergeParams": "params",
     "keep_count": "params",
     "DenseTerm": "terms",
+    "DiffTerm": "terms",
     "LowRankTerm": "terms",
     "Workspace": "workspace",
     "merge_tensor": "kernel",

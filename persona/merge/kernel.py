@@ -16,7 +16,7 @@ from persona.merge.dare import dare_linear, dare_ties
 from persona.merge.params import MergeParams
 from persona.merge.select import GlobalCut
 from persona.merge.task_arithmetic import task_arithmetic
-from persona.merge.terms import DenseTerm, LowRankTerm, Term
+from persona.merge.terms import DenseTerm, DiffTerm, LowRankTerm, Term
 from persona.merge.ties import ties
 from persona.merge.workspace import Workspace
 
@@ -34,7 +34,7 @@ def validate_terms(name: str, base: torch.Tensor, terms: Sequence[Term]) -> None
         )
     seen: set[str] = set()
     for term in terms:
-        if not isinstance(term, DenseTerm | LowRankTerm):
+        if not isinstance(term, DenseTerm | DiffTerm | LowRankTerm):
             raise TypeError(f"not a merge term: {type(term).__name__}")
         term.validate(name, base.shape)
         if term.vector_id in seen:
@@ -103,7 +103,12 @@ def merge_tensor(
 def _inputs(base: torch.Tensor, terms: Sequence[Term]) -> list[torch.Tensor]:
     tensors = [base]
     for t in terms:
-        tensors.extend([t.delta] if isinstance(t, DenseTerm) else [t.A, t.B])
+        if isinstance(t, DenseTerm):
+            tensors.append(t.delta)
+        elif isinstance(t, DiffTerm):
+            tensors.extend([t.finetuned, t.base])
+        else:
+            tensors.extend([t.A, t.B])
     return tensors
 
 

@@ -198,6 +198,7 @@ def build(repo: Repository, rev: str, out: Path, dtype: str | None = None, shard
         from persona.tensorio.hf_writer import write_model_dir
 
         path = write_model_dir(Path(out), files, _tensors(repo, tree), max_shard_bytes=max_shard, force=force)
+    repo.remember_verified()
     return BuildOutput(str(path), fmt, commit_id, result)
 
 

@@ -68,9 +68,9 @@ def plan(repo: Repository, body: dict[str, Any]) -> _Plan:
             if entry is None:
                 raise Incompatible(f"vector {spec['name']!r} changes {name}, which the base does not have",
                                    "the vector was made for another architecture")
-            if name in vector.deltas:
-                layout = repo.objects.open_blob(vector.deltas[name]).layout
-                shape = layout.shape
+            dense = vector.deltas.get(name) or vector.finetuned.get(name)
+            if dense is not None:
+                shape = repo.objects.open_blob(dense).layout.shape
             else:
                 factor = vector.factors[name]
                 a = repo.objects.open_blob(factor.A).layout.shape
@@ -99,8 +99,9 @@ def find_cached(repo: Repository, recipe_id: str, dtype: str | None) -> str | No
     return None
 
 
-def _terms(repo: Repository, p: _Plan, name: str, verify: bool):
-    from persona.merge.terms import DenseTerm, LowRankTerm
+def _terms(repo: Repository, p: _Plan, name: str, verify: bool, base_tensor=None):
+    """The merge terms of one tensor; ``base_tensor`` is the base's (loaded here when not given)."""
+    from persona.merge.terms import DenseTerm, DiffTerm, LowRankTerm
     from persona.store.tensors import load_tensor
 
     terms = []
@@ -109,6 +110,11 @@ def _terms(repo: Repository, p: _Plan, name: str, verify: bool):
         if name in vector.deltas:
             terms.append(DenseTerm(load_tensor(repo.objects, vector.deltas[name], verify), float(spec["alpha"]),
                                    float(spec["density"]), spec["id"]))
+        elif name in vector.finetuned:
+            if base_tensor is None:
+                base_tensor = load_tensor(repo.objects, p.tree.entries[name].blob, verify)
+            terms.append(DiffTerm(load_tensor(repo.objects, vector.finetuned[name], verify), base_tensor,
+                                  float(spec["alpha"]), float(spec["density"]), spec["id"]))
         else:
             factor = vector.factors[name]
             terms.append(LowRankTerm(load_tensor(repo.objects, factor.A, verify),
@@ -158,7 +164,7 @@ def build_recipe(repo: Repository, recipe_id: str, dtype: str | None = None, ver
         else:
             base_tensor = load_tensor(repo.objects, entry.blob, verify)
             if name in p.touched:
-                result = merge_tensor(name, base_tensor, _terms(repo, p, name, verify), params,
+                result = merge_tensor(name, base_tensor, _terms(repo, p, name, verify, base_tensor), params,
                                       torch_dtype(out_dtype), workspace, global_thresholds)
                 merged += 1
             else:
@@ -175,6 +181,7 @@ def build_recipe(repo: Repository, recipe_id: str, dtype: str | None = None, ver
     seconds = time.perf_counter() - started
     row = build_row(repo, build_id, seconds)
     repo.db.write(lambda session: session.merge(row))
+    repo.remember_verified()
     return BuildResult(build_id, recipe_id, weights, label, False, seconds, merged, reused)
 
 

@@ -23,7 +23,7 @@ def base_row(repo: Repository, oid: str, name: str) -> BaseRow:
 
 def vector_parameters(repo: Repository, vector: obj.Vector) -> int:
     total = 0
-    for blob in vector.deltas.values():
+    for blob in [*vector.deltas.values(), *vector.finetuned.values()]:
         total += repo.objects.open_blob(blob).layout.numel
     for factor in vector.factors.values():
         total += repo.objects.open_blob(factor.A).layout.numel + repo.objects.open_blob(factor.B).layout.numel

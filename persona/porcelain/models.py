@@ -130,6 +130,7 @@ def import_base(repo: Repository, spec: str, name: str | None = None, allow_pick
     row = base_row(repo, base_id, name)
     repo.db.write(lambda session: session.merge(row))
     _set_name(repo, "base", name, base_id, force, f"base import: {spec}")
+    repo.remember_verified()
     return show_base(repo, name)
 
 
@@ -209,7 +210,9 @@ def _dir_digest(path: Path) -> str:
 def import_checkpoint(repo: Repository, name: str, checkpoint: Path, base: str | None = None,
                       rank: int | None = None, allow_pickle: bool = False, force: bool = False,
                       progress: Progress | None = None) -> VectorInfo:
-    """W_ft - W_base for the tensors that differ; with ``rank`` a truncated SVD of each matrix."""
+    """The tensors that differ from the base: W_ft itself (the merge forms W_ft - W_base exactly,
+    reading the checkpoint's own bytes, half a float32 delta's for bf16), or with ``rank`` a
+    truncated SVD of each matrix's delta."""
     import torch
 
     from persona.store.tensors import load_tensor, put_tensor
@@ -232,7 +235,7 @@ def import_checkpoint(repo: Repository, name: str, checkpoint: Path, base: str |
         if tuple(info.shape) != tuple(tree.entries[tname].shape):
             raise Incompatible(f"checkpoint {checkpoint}: {tname} is {list(info.shape)}, base has "
                                f"{list(tree.entries[tname].shape)}", "use the base it was fine-tuned from")
-    deltas: dict[str, str] = {}
+    finetuned: dict[str, str] = {}
     factors: dict[str, obj.LoraFactorRef] = {}
     errors: dict[str, float] = {}
     total = source.total_bytes
@@ -244,6 +247,9 @@ def import_checkpoint(repo: Repository, name: str, checkpoint: Path, base: str |
             progress(done, total, tname)
         if tensor.dtype == base_tensor.dtype and torch.equal(tensor, base_tensor):
             continue
+        if not tensor.is_floating_point():
+            raise Incompatible(f"checkpoint {checkpoint}: {tname} is {tensor.dtype} and differs from the base",
+                               "only float tensors can form a task vector")
         delta = tensor.to(torch.float32) - base_tensor.to(torch.float32)
         if not bool(delta.any()):
             continue
@@ -254,8 +260,8 @@ def import_checkpoint(repo: Repository, name: str, checkpoint: Path, base: str |
             errors[tname] = float(torch.linalg.norm(delta - b @ a) / torch.linalg.norm(delta))
             factors[tname] = obj.LoraFactorRef(put_tensor(repo.objects, a), put_tensor(repo.objects, b), 1.0)
         else:
-            deltas[tname] = put_tensor(repo.objects, delta.contiguous())
-    if not deltas and not factors:
+            finetuned[tname] = put_tensor(repo.objects, tensor.contiguous())
+    if not finetuned and not factors:
         raise InvalidInput(f"checkpoint {checkpoint} is identical to base {base_id[:12]}",
                            "nothing to store: did you pass the base itself?")
     provenance: dict[str, Any] = {"source": "checkpoint", "checkpoint": Path(checkpoint).name}
@@ -263,7 +269,7 @@ def import_checkpoint(repo: Repository, name: str, checkpoint: Path, base: str |
         provenance["svd_rank"] = rank
         provenance["svd_relative_error"] = errors
     kind = "lowrank" if factors else "dense"
-    vector = obj.Vector(kind, base_id, deltas, factors, provenance)
+    vector = obj.Vector(kind, base_id, {}, factors, provenance, finetuned=finetuned)
     info = _finish_vector(repo, name, vector, force, f"vector import: {checkpoint}")
     info.svd_errors = errors
     return info
@@ -281,6 +287,7 @@ def _finish_vector(repo: Repository, name: str, vector: obj.Vector, force: bool,
     row = vector_row(repo, oid, name)
     repo.db.write(lambda session: session.merge(row))
     _set_name(repo, "vector", name, oid, force, message)
+    repo.remember_verified()
     return show_vector(repo, name)
 
 

@@ -55,6 +55,10 @@ def _delta(repo: Repository, vector: obj.Vector, name: str, alpha: float):
 
     if name in vector.deltas:
         return load_tensor(repo.objects, vector.deltas[name], verify=True).to(torch.float32) * alpha
+    if name in vector.finetuned:
+        base = repo.get(repo.get(vector.base, obj.Base).weights, obj.Tree).entries[name]
+        finetuned = load_tensor(repo.objects, vector.finetuned[name], verify=True).to(torch.float32)
+        return (finetuned - load_tensor(repo.objects, base.blob, verify=True).to(torch.float32)) * alpha
     if name in vector.factors:
         f = vector.factors[name]
         a = load_tensor(repo.objects, f.A, verify=True).to(torch.float32)
@@ -102,4 +106,5 @@ def weight_diff(repo: Repository, commit_a: str, commit_b: str) -> WeightDiff:
         for tensor in sorted(set(va.touched()) & set(vb.touched())):
             pair_stats.observe(tensor, _delta(repo, va, tensor, alpha_a), _delta(repo, vb, tensor, alpha_b))
         pairs.append({"a": name_a, "b": name_b, **pair_stats.total.summary()})
+    repo.remember_verified()
     return WeightDiff(stats.summary(), pairs)

@@ -33,6 +33,7 @@ from persona.errors import CorruptObject, NotFound, StoreError
 from persona.fsutil import describe_os_error, fsync_dir
 from persona.ids import hash_object, is_object_id, object_header
 from persona.store.codec import BlobLayout, blob_prefix, parse_blob_layout, parse_object_header
+from persona.store.verify_cache import VerifyCache
 
 CHUNK = 8 << 20
 
@@ -86,8 +87,11 @@ def _split(oid: str, data: bytes) -> tuple[str, bytes]:
 class DiskObjectStore:
     """Objects as files under ``root/ab/cdef...``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, verify_cache: VerifyCache | None = None) -> None:
         self.root = Path(root)
+        # Blob files known to hash to their id (see verify_cache): open_blob(verify=True)
+        # skips re-hashing those, and put_blob records what it writes.
+        self.verify_cache = verify_cache
 
     def path(self, oid: str) -> Path:
         return self.root / oid[:2] / oid[2:]
@@ -186,6 +190,10 @@ class DiskObjectStore:
             tmp.unlink(missing_ok=True)
             raise
         self._link_into_place(tmp, oid)
+        if self.verify_cache is not None:
+            # hashed as it was written: the file in place is known good as it stands now
+            with contextlib.suppress(OSError):
+                self.verify_cache.remember(oid, os.stat(self.path(oid)))
         return oid
 
     def _read_all(self, oid: str) -> bytes:
@@ -216,7 +224,8 @@ class DiskObjectStore:
         _check_id(oid)
         try:
             with open(self.path(oid), "rb") as handle:
-                if os.fstat(handle.fileno()).st_size == 0:
+                st = os.fstat(handle.fileno())
+                if st.st_size == 0:
                     raise CorruptObject(f"object {oid[:12]} is empty", "run `persona fsck`")
                 # ACCESS_COPY: a private mapping, writable for torch.frombuffer,
                 # but no write ever reaches the file.
@@ -225,7 +234,11 @@ class DiskObjectStore:
             raise NotFound(f"object {oid[:12]} is missing from the store", "run `persona fsck`") from exc
         view = memoryview(mapped)
         if verify:
-            _verify_bytes(oid, view)
+            cache = self.verify_cache
+            if cache is None or not cache.known(oid, st):
+                _verify_bytes(oid, view)
+                if cache is not None:
+                    cache.remember(oid, st)
         layout = parse_blob_layout(view, oid)
         if layout.data_offset + layout.data_length > len(view):
             raise CorruptObject(f"blob {oid[:12]} is truncated", "run `persona fsck`")

@@ -125,9 +125,13 @@ class LoraFactorRef:
 class Vector:
     """A behaviour: the change it makes to a base, pinned to that base's id.
 
-    ``deltas`` holds dense W_ft - W_base tensors; ``factors`` holds low-rank ones
-    (LoRA, or a truncated SVD of a dense delta) as delta = scale * B @ A.
-    A vector may have both (e.g. SVD for matrices, dense for norms).
+    ``deltas`` holds dense W_ft - W_base tensors; ``finetuned`` holds W_ft itself
+    for dense imports (the delta is W_ft - W_base, formed in float32 when merging:
+    exact for bf16/fp16 weights, and half the bytes of a float32 delta);
+    ``factors`` holds low-rank ones (LoRA, or a truncated SVD of a dense delta)
+    as delta = scale * B @ A. A vector may mix them (e.g. SVD for matrices,
+    dense for norms). ``finetuned`` is left out of the payload when empty, so
+    vectors without it keep the ids they always had.
     """
 
     kind: ClassVar[str] = "vector"
@@ -136,16 +140,20 @@ class Vector:
     deltas: dict[str, str] = field(default_factory=dict)  # tensor name -> blob
     factors: dict[str, LoraFactorRef] = field(default_factory=dict)  # tensor name -> factors
     provenance: dict[str, Any] = field(default_factory=dict)
+    finetuned: dict[str, str] = field(default_factory=dict)  # tensor name -> blob of W_ft
 
     def to_payload(self) -> bytes:
-        return canonical.dumps({
+        data: dict[str, Any] = {
             "format": FORMAT,
             "vector_kind": self.vector_kind,
             "base": self.base,
             "deltas": self.deltas,
             "factors": {n: {"A": f.A, "B": f.B, "scale": f.scale} for n, f in self.factors.items()},
             "provenance": self.provenance,
-        })
+        }
+        if self.finetuned:
+            data["finetuned"] = self.finetuned
+        return canonical.dumps(data)
 
     @classmethod
     def from_payload(cls, payload: bytes) -> Vector:
@@ -153,21 +161,24 @@ class Vector:
         factors = data.get("factors")
         _need(isinstance(data.get("vector_kind"), str) and isinstance(data.get("base"), str)
               and _is_str_map(data.get("deltas")) and isinstance(factors, dict)
+              and _is_str_map(data.get("finetuned", {}))
               and isinstance(data.get("provenance", {}), dict), "vector")
+        finetuned = dict(data.get("finetuned", {}))
+        _need(not (set(finetuned) & (set(data["deltas"]) | set(factors))), "vector")
         for f in factors.values():
             _need(isinstance(f, dict) and isinstance(f.get("A"), str) and isinstance(f.get("B"), str)
                   and _is_number(f.get("scale")), "vector")
         return cls(
             vector_kind=data["vector_kind"], base=data["base"], deltas=dict(data["deltas"]),
             factors={n: LoraFactorRef(f["A"], f["B"], float(f["scale"])) for n, f in factors.items()},
-            provenance=data.get("provenance", {}),
+            provenance=data.get("provenance", {}), finetuned=finetuned,
         )
 
     def touched(self) -> list[str]:
-        return sorted({*self.deltas, *self.factors})
+        return sorted({*self.deltas, *self.finetuned, *self.factors})
 
     def referenced_ids(self) -> list[str]:
-        ids = [self.base, *self.deltas.values()]
+        ids = [self.base, *self.deltas.values(), *self.finetuned.values()]
         for factor in self.factors.values():
             ids += [factor.A, factor.B]
         return ids

@@ -64,6 +64,10 @@ def apply_vector(model: Any, repo: Repository, vector: obj.Vector, alpha: float 
                 a = load_tensor(repo.objects, factor.A).to(torch.float32)
                 b = load_tensor(repo.objects, factor.B).to(torch.float32)
                 delta = (b @ a) * factor.scale
+            elif name in vector.finetuned:
+                base_tree = repo.get(repo.get(vector.base, obj.Base).weights, obj.Tree)
+                delta = (load_tensor(repo.objects, vector.finetuned[name]).to(torch.float32)
+                         - load_tensor(repo.objects, base_tree.entries[name].blob).to(torch.float32))
             else:
                 delta = load_tensor(repo.objects, vector.deltas[name]).to(torch.float32)
             if tuple(delta.shape) != tuple(param.shape):
