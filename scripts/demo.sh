@@ -44,8 +44,11 @@ print(tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True
 PY
 # Bake a prompt section into the weights: context distillation of SOUL.md's identity.
 step persona aer --tokens-only --prompt examples/aer/SOUL.md
+# The teacher is SmolLM2 with the whole prompt; it names itself Timmy in about half its answers,
+# so only those are kept (--keep-if), and the student matches its distribution (--objective kl).
 step persona train identity --distill examples/aer/SOUL.md --section identity \
-    --prompts examples/train/questions.txt --steps 20 --lr 1e-3 --rank 16 --teacher-max-new-tokens 32
+    --prompts examples/train/identity_questions.txt --keep-if timmy --objective kl \
+    --steps 40 --lr 1e-3 --rank 16 --teacher-max-new-tokens 48
 step persona vector test identity --probes examples/train/identity_probes.yaml \
     --prompt examples/aer/SOUL.md --without identity --max-new-tokens 24
 # AER of the current recipe (nothing distilled), then of a recipe with the identity vector.

@@ -171,6 +171,41 @@ def test_bad_distillation_inputs_leave_the_store_alone(repo, files, tmp_path):
     assert not (repo.root / "cache" / "distill" / "answers").exists()  # refused before any teacher work
 
 
+def test_keep_if_trains_only_on_matching_teacher_answers(repo, files, monkeypatch):
+    canned = {"What is your name?": "I am Timmy.", "Who are you?": "I'm Emily.", "Introduce yourself.": "TIMMY here!"}
+    monkeypatch.setattr(distill, "greedy", lambda model, tok, prompt, n: (
+        next(a for q, a in canned.items() if q in prompt), True))
+    calls = []
+    original = porcelain.encode_all
+
+    def spy(tokenizer, examples, max_length):
+        calls.append(list(examples))
+        return original(tokenizer, examples, max_length)
+
+    monkeypatch.setattr(porcelain, "encode_all", spy)
+    result = porcelain.train_distill(repo, "named", files.prompt, "identity", files.questions,
+                                     teacher_max_new_tokens=6, options=_options(), keep_if="timmy")
+    (student,) = calls
+    assert [e.messages[-1]["content"] for e in student] == ["I am Timmy.", "TIMMY here!"]  # case-insensitive
+    assert [(a["answer"], a["kept"]) for a in result.teacher] == [
+        ("I am Timmy.", True), ("I'm Emily.", False), ("TIMMY here!", True)]
+    assert result.examples == 2
+    distilled = repo.get(result.id, obj.Vector).provenance["distill"]
+    assert distilled["keep_if"] == "timmy" and distilled["kept"] == 2 and distilled["answers"] == 3
+
+
+def test_keep_if_refuses_a_bad_or_unmatched_pattern(repo, files, monkeypatch):
+    monkeypatch.setattr(distill, "greedy", lambda model, tok, prompt, n: ("I'm Emily.", True))
+    refs = repo.refs.list("vector")
+    with pytest.raises(InvalidInput, match="not a valid regex"):
+        porcelain.train_distill(repo, "v", files.prompt, "identity", files.questions, options=_options(),
+                                keep_if="tim(my")
+    with pytest.raises(InvalidInput, match="none of the teacher's 3 answers matches --keep-if 'timmy'"):
+        porcelain.train_distill(repo, "v", files.prompt, "identity", files.questions, options=_options(),
+                                keep_if="timmy")
+    assert repo.refs.list("vector") == refs
+
+
 # -- SmolLM2 ---------------------------------------------------------------------------------
 
 IDENTITY_PROMPT = "## identity\nYour name is Zephyrine.\n\n## task\nAnswer questions briefly.\n"

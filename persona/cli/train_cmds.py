@@ -50,6 +50,8 @@ def train(
     teacher_max_new_tokens: int = typer.Option(128, "--teacher-max-new-tokens",
                                                help="With --distill: the teacher's answer length limit."),
     top_k: int = typer.Option(64, "--top-k", help="With --objective kl: teacher log-probs kept per token."),
+    keep_if: str | None = typer.Option(None, "--keep-if", help="With --distill: train only on teacher answers "
+                                                               "matching this regex (case-insensitive)."),
     base: str | None = typer.Option(None, "--base", help="Base to train on (default: the only one)."),
     rank: int = typer.Option(16, "--rank", help="LoRA rank r."),
     lora_alpha: float = typer.Option(32.0, "--lora-alpha", help="LoRA alpha (scale = alpha / r)."),
@@ -75,7 +77,8 @@ def train(
     """Train a behaviour into a LoRA task vector pinned to its base.
 
     Examples: persona train listening --data data/listening.jsonl --steps 100 ;
-    persona train identity --distill prompts/SOUL.md --section identity --prompts data/questions.txt ;
+    persona train identity --distill prompts/SOUL.md --section identity --prompts data/questions.txt
+    --keep-if timmy ;
     multi-GPU: accelerate launch -m persona train listening --data data/listening.jsonl
     """
     from persona.errors import InvalidInput
@@ -85,8 +88,9 @@ def train(
     if (data is None) == (distill is None):
         raise InvalidInput("give exactly one of --data or --distill",
                            "e.g. persona train listening --data data/listening.jsonl")
-    if data is not None and (section or prompts or objective != "sft"):
-        raise InvalidInput("--section, --prompts and --objective go with --distill", "drop them, or use --distill")
+    if data is not None and (section or prompts or objective != "sft" or keep_if is not None):
+        raise InvalidInput("--section, --prompts, --objective and --keep-if go with --distill",
+                           "drop them, or use --distill")
     if distill is not None and (section is None or prompts is None):
         raise InvalidInput("--distill needs --section and --prompts",
                            "e.g. --distill SOUL.md --section identity --prompts questions.txt")
@@ -101,7 +105,7 @@ def train(
             result = train_sft(repo, name, data, base, options, force, progress=bars)
         else:
             result = train_distill(repo, name, distill, section, prompts, objective, teacher_max_new_tokens,
-                                   top_k, base, options, force, progress=bars)
+                                   top_k, base, options, force, progress=bars, keep_if=keep_if)
     if result.id is None:  # a non-main process of a multi-GPU run: the main one reports
         return
     if json_out:
@@ -120,7 +124,9 @@ def train(
     typer.echo(f"  {result.seconds:.1f}s training on {result.device}, {result.tokens_per_second:.0f} tokens/s")
     if result.teacher:
         cut = sum(not t["finished"] for t in result.teacher)
-        typer.echo(f"  teacher: {len(result.teacher)} answers ({cut} cut off at --teacher-max-new-tokens)")
+        skipped = sum(not t.get("kept", True) for t in result.teacher)
+        kept = f", {skipped} not matching --keep-if left out" if skipped else ""
+        typer.echo(f"  teacher: {len(result.teacher)} answers ({cut} cut off at --teacher-max-new-tokens{kept})")
 
 
 def vector_test(

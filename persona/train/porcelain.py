@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 import platform
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -337,8 +338,15 @@ def train_sft(repo: Repository, name: str, data: Path | str, base: str | None = 
 def train_distill(repo: Repository, name: str, prompt: Path | str, section: str, prompts: Path | str,
                   objective: str = "sft", teacher_max_new_tokens: int = 128, top_k: int = 64,
                   base: str | None = None, options: TrainOptions | None = None, force: bool = False,
-                  progress: ProgressFn | None = None) -> TrainResult:
-    """Context distillation of one prompt section into a LoRA vector (see persona.train.distill)."""
+                  progress: ProgressFn | None = None, keep_if: str | None = None) -> TrainResult:
+    """Context distillation of one prompt section into a LoRA vector (see persona.train.distill).
+
+    ``keep_if`` (a case-insensitive regex) keeps only the teacher answers that
+    match it: a small teacher follows its prompt only sometimes (SmolLM2-135M
+    with "Your name is Timmy" answers "I'm Emily" to one question in twelve),
+    and distilling its misses would teach them too. Filtering the teacher's
+    samples by a check is rejection sampling, as in filtered context distillation.
+    """
     from persona.aer.sections import load_prompt
     from persona.aer.tokens import build_messages
     from persona.train.distill import target_ids, teacher_answers, teacher_topk
@@ -351,6 +359,7 @@ def train_distill(repo: Repository, name: str, prompt: Path | str, section: str,
                            "e.g. --teacher-max-new-tokens 128")
     if top_k < 1:
         raise InvalidInput(f"--top-k must be at least 1, got {top_k}", "e.g. --top-k 64")
+    keep = _compile_keep_if(keep_if)
     run = _start(repo, name, base, options, force, progress)
     doc = load_prompt(prompt)
     doc.section(section)  # NotFound, listing the sections, when it is not there
@@ -366,6 +375,12 @@ def train_distill(repo: Repository, name: str, prompt: Path | str, section: str,
                                       teacher_max_new_tokens, str(prompts),
                                       lambda d, t: run.emit("teacher", d, t))
         run.accelerator.wait_for_everyone()
+    all_answers = answers
+    if keep is not None:
+        answers = [a for a in all_answers if keep.search(a.answer)]
+        if not answers:
+            raise InvalidInput(f"none of the teacher's {len(all_answers)} answers matches --keep-if {keep_if!r}",
+                               "loosen the pattern, add questions, or raise --teacher-max-new-tokens")
 
     def example(system: str, a: Any) -> Example:
         turns = [{"role": "user", "content": a.question}, {"role": "assistant", "content": a.answer}]
@@ -374,6 +389,8 @@ def train_distill(repo: Repository, name: str, prompt: Path | str, section: str,
     encoded = encode_all(tokenizer, [example(student_system, a) for a in answers], options.max_length)
     extra = {"distill": {"section": section, "prompt_sha256": hashlib.sha256(doc.text.encode()).hexdigest(),
                          "prompts_sha256": prompts_sha, "teacher_max_new_tokens": teacher_max_new_tokens}}
+    if keep is not None:
+        extra["distill"].update({"keep_if": keep_if, "kept": len(answers), "answers": len(all_answers)})
     teacher = None
     if objective == "kl":
         extra["distill"]["top_k"] = top_k
@@ -391,9 +408,19 @@ def train_distill(repo: Repository, name: str, prompt: Path | str, section: str,
         teacher = {"teacher_indices": indices, "teacher_logp": logps}
     result = _train_and_store(run, model, tokenizer, layers, encoded, f"distill-{objective}", prompts_sha,
                               extra, teacher)
-    result.teacher = [{"line": a.line, "question": a.question, "answer": a.answer, "finished": a.finished}
-                      for a in answers]
+    kept = {id(a) for a in answers}
+    result.teacher = [{"line": a.line, "question": a.question, "answer": a.answer, "finished": a.finished,
+                       "kept": id(a) in kept} for a in all_answers]
     return result
+
+
+def _compile_keep_if(pattern: str | None) -> re.Pattern[str] | None:
+    if pattern is None:
+        return None
+    try:
+        return re.compile(pattern, re.IGNORECASE)
+    except re.error as exc:
+        raise InvalidInput(f"--keep-if {pattern!r} is not a valid regex: {exc}", "e.g. --keep-if timmy") from exc
 
 
 def test_vector(repo: Repository, name: str, probes: Path | str, prompt: Path | str | None = None,
