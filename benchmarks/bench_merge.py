@@ -23,8 +23,12 @@ What runs (see benchmarks/README.md for what every number means):
 
 Every timed command is a subprocess sampled every 20 ms (``_measure.py``) for
 wall time, peak RSS and peak anonymous memory, started with its inputs evicted
-from the page cache and, for persona, on a fresh hard-linked copy of the store
-(so a merge never finds its result already stored). Results:
+from the page cache and, for persona, on a fresh copy of the store's refs and
+database whose ``objects`` folder is the imported store's own (a symlink: the
+files keep the identity persona recorded when it wrote them, as in a user's
+store); the objects a run adds are deleted after it, and each run merges a
+recipe seed never used before, so a merge never finds its result already
+stored. Results:
 ``benchmarks/results/merge.json`` and ``benchmarks/results/merge.md``.
 """
 
@@ -140,6 +144,11 @@ def checked(m: M.Measured, what: str) -> M.Measured:
 
 # -- persona stores -----------------------------------------------------------------
 
+# Bumped when what `persona vector import` stores changes (2: W_ft blobs instead of float32
+# deltas, and verified-blob records), so an older benchmark store is rebuilt, never reused.
+STORE_LAYOUT = 2
+
+
 def store_dir(size: str) -> Path:
     return bench_dir() / "stores" / size
 
@@ -151,7 +160,7 @@ def ensure_store(size: str, ckpt: Path) -> dict:
     ckpt_marker = json.loads((ckpt / ".complete").read_text())
     if marker.is_file():
         data = json.loads(marker.read_text())
-        if data.get("checkpoints") == ckpt_marker:
+        if data.get("checkpoints") == ckpt_marker and data.get("layout") == STORE_LAYOUT:
             data["reused"] = True
             return data
     if store.exists():
@@ -171,7 +180,7 @@ def ensure_store(size: str, ckpt: Path) -> dict:
         log(f"  import {size} {name}: {m.wall_s:.1f}s, peak RSS {m.peak_rss / GB:.2f} GB, "
             f"anon {m.peak_anon / GB:.2f} GB")
         imports.append({"name": name, "kind": argv[0], **m.to_json()})
-    data = {"checkpoints": ckpt_marker, "imports": imports, "store_bytes": _du(store / "objects"),
+    data = {"checkpoints": ckpt_marker, "layout": STORE_LAYOUT, "imports": imports, "store_bytes": _du(store / "objects"),
             "made": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     M.dump_json(marker, data)
     data["reused"] = False
@@ -182,14 +191,25 @@ def _du(path: Path) -> int:
     return sum(f.stat().st_size for f in M.files_under([path]))
 
 
+def _object_files(objects: Path) -> set[Path]:
+    return {p for p in objects.rglob("*") if p.is_file()}
+
+
 def fresh_store_copy(size: str, tag: str) -> Path:
-    """A copy of the size's store whose objects are hard links: cheap, and new objects stay in the copy."""
+    """A copy of the size's store (refs, logs, database) sharing its objects folder through a symlink.
+
+    Not hard links: linking changes an inode's ctime, and persona re-hashes a
+    blob whose file identity changed since it was verified (store/verify_cache.py),
+    which a user's store never sees between two merges. ``drop_new_objects``
+    removes what the run added.
+    """
     src = store_dir(size)
     dst = bench_dir() / "work" / f"store-{size}-{tag}"
     if dst.exists():
         shutil.rmtree(dst)
     dst.mkdir(parents=True)
-    subprocess.run(["cp", "-al", str(src / "objects"), str(dst / "objects")], check=True)
+    (dst / "objects").symlink_to(src / "objects", target_is_directory=True)
+    _BEFORE[dst] = _object_files(src / "objects")
     for item in src.iterdir():
         if item.name == "objects":
             continue
@@ -198,6 +218,19 @@ def fresh_store_copy(size: str, tag: str) -> Path:
         else:
             shutil.copy2(item, dst / item.name)
     return dst
+
+
+_BEFORE: dict[Path, set[Path]] = {}
+
+
+def drop_store_copy(dst: Path) -> None:
+    """Delete the copy and every object its runs added to the shared objects folder."""
+    objects = (dst / "objects").resolve()
+    for path in _object_files(objects) - _BEFORE.pop(dst, set()):
+        path.unlink(missing_ok=True)
+    for tmp in (objects / "incoming").glob("*") if (objects / "incoming").is_dir() else []:
+        tmp.unlink(missing_ok=True)
+    shutil.rmtree(dst)
 
 
 def persona_recipe(task: str, seed: int) -> str:
@@ -386,7 +419,7 @@ def run_persona(size: str, task: str, ckpt: Path, rep: int, keep_output: Path | 
         shutil.rmtree(out)
     env = env_persona(store)
     rows = []
-    M.evict([store / "objects"])
+    M.evict([(store / "objects").resolve()])
     M.wait_idle(log=log)
     m = checked(M.run_measured([str(PERSONA), "merge", "-f", str(recipe), "-m", f"bench {tag}", "--json"],
                                env=env), f"persona merge ({size} {task})")
@@ -403,7 +436,7 @@ def run_persona(size: str, task: str, ckpt: Path, rep: int, keep_output: Path | 
     if not json.loads(m.stdout)["build"].get("cached"):
         raise SystemExit("the second persona merge of the same recipe did not hit the build cache")
     rows.append({"phase": "cache_hit", **m.to_json()})
-    shutil.rmtree(store)
+    drop_store_copy(store)
     if keep_output is None:
         shutil.rmtree(out, ignore_errors=True)
     return rows
@@ -645,14 +678,14 @@ s = io.StringIO()
 pstats.Stats(prof, stream=s).sort_stats('tottime').print_stats(30)
 print(s.getvalue())
 """
-    M.evict([store / "objects"])
+    M.evict([(store / "objects").resolve()])
     M.wait_idle(log=log)
     res = subprocess.run([str(PY), "-c", script], capture_output=True, text=True, env=env_persona(store),
                          cwd=str(ROOT))
     text = res.stdout + ("\n" + res.stderr[-4000:] if res.returncode else "")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
-    shutil.rmtree(store)
+    drop_store_copy(store)
     log(text[:4000])
     return out
 
