@@ -436,6 +436,27 @@ def run_persona(size: str, task: str, ckpt: Path, rep: int, keep_output: Path | 
     if not json.loads(m.stdout)["build"].get("cached"):
         raise SystemExit("the second persona merge of the same recipe did not hit the build cache")
     rows.append({"phase": "cache_hit", **m.to_json()})
+    # The one-pass path: a recipe committed but never merged, built straight to a directory
+    # (persona build merges it into the store and writes the shards from the same tensors).
+    recipe2 = work / f"recipe-{size}-{tag}-one-pass.yaml"
+    recipe2.write_text(persona_recipe(task, seed + 50000))
+    out2 = work / f"persona-out-{size}-{tag}-one-pass"
+    if out2.exists():
+        shutil.rmtree(out2)
+    M.evict([(store / "objects").resolve()])
+    M.wait_idle(log=log)
+    c = checked(M.run_measured([str(PERSONA), "commit", "-f", str(recipe2), "-m", f"bench {tag} one pass"],
+                               env=env), "persona commit")
+    b = checked(M.run_measured([str(PERSONA), "build", "-o", str(out2), "--json"], env=env),
+                f"persona build, one pass ({size} {task})")
+    if json.loads(b.stdout)["build"].get("cached"):
+        raise SystemExit("the one-pass build found a cached merge: the benchmark would time nothing")
+    cj, bj = c.to_json(), b.to_json()
+    rows.append({"phase": "one_pass", **bj, "wall_s": cj["wall_s"] + bj["wall_s"], "cpu_s": cj["cpu_s"] + bj["cpu_s"],
+                 "peak_rss_bytes": max(cj["peak_rss_bytes"], bj["peak_rss_bytes"]),
+                 "peak_anon_bytes": max(cj["peak_anon_bytes"], bj["peak_anon_bytes"]),
+                 "foreign_cpu_s": cj["foreign_cpu_s"] + bj["foreign_cpu_s"]})
+    shutil.rmtree(out2, ignore_errors=True)
     drop_store_copy(store)
     if keep_output is None:
         shutil.rmtree(out, ignore_errors=True)
@@ -512,7 +533,7 @@ def summarise(runs: list[dict], floors: dict) -> list[dict]:
             r["vs_floor_warm"] = r["wall_s"] / fl["floor_warm_s"]
     order = {"ties": 0, "ta": 1, "lora": 2}
     tools = {"mergekit": 0, "persona": 1}
-    phases = {"merge": 0, "build": 1, "merge+build": 2, "cache_hit": 3}
+    phases = {"merge": 0, "build": 1, "merge+build": 2, "one_pass": 3, "cache_hit": 4}
     rows.sort(key=lambda r: (r["size"], order[r["task"]], tools[r["tool"]], phases[r["phase"]]))
     return rows
 
@@ -523,7 +544,8 @@ TARGETS = {"ties": 5.0, "ta": 1.5, "lora": 10.0}
 def targets(rows: list[dict]) -> list[dict]:
     out = []
     for r in rows:
-        if r["tool"] != "persona" or r["phase"] not in ("merge", "merge+build") or "speedup_vs_mergekit" not in r:
+        if (r["tool"] != "persona" or r["phase"] not in ("merge", "merge+build", "one_pass")
+                or "speedup_vs_mergekit" not in r):
             continue
         t = {"size": r["size"], "task": r["task"], "phase": r["phase"],
              "speedup": r["speedup_vs_mergekit"], "speedup_target": TARGETS[r["task"]],
@@ -539,7 +561,9 @@ def _phase_label(tool: str, phase: str) -> str:
     if tool == "mergekit":
         return "mergekit-yaml (ckpt -> HF dir)"
     return {"merge": "persona merge (store -> store)", "build": "persona build (store -> HF dir)",
-            "merge+build": "persona merge + build", "cache_hit": "persona merge, cache hit"}[phase]
+            "merge+build": "persona merge + build",
+            "one_pass": "persona commit + build (one pass: recipe -> store + HF dir)",
+            "cache_hit": "persona merge, cache hit"}[phase]
 
 
 def markdown(result: dict) -> str:

@@ -147,6 +147,56 @@ def test_build_dir_loads_and_generates(repo, tmp_path):
     assert again.build.cached
 
 
+@pytest.mark.parametrize("dtype", [None, "bfloat16"])
+def test_build_of_an_unmerged_commit_merges_and_writes_in_one_pass(repo, tmp_path, dtype):
+    """`persona build` of a commit never merged: the same files as merge-then-build, and the merge is cached."""
+    from safetensors.torch import load_file
+
+    from persona.porcelain.history import commit_recipe
+
+    commit_recipe(repo, _recipe(repo, tmp_path), "committed, not merged")
+    one_pass = build(repo, "HEAD", tmp_path / "one-pass", dtype=dtype, shard_size="100KB")
+    assert not one_pass.build.cached and one_pass.build.merged_tensors > 0
+    from_cache = build(repo, "HEAD", tmp_path / "from-cache", dtype=dtype, shard_size="100KB")
+    assert from_cache.build.cached and from_cache.build.id == one_pass.build.id
+    files = sorted(p.name for p in (tmp_path / "one-pass").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "from-cache").iterdir())
+    for name in files:
+        a, b = tmp_path / "one-pass" / name, tmp_path / "from-cache" / name
+        if name.endswith(".safetensors"):
+            ta, tb = load_file(a), load_file(b)
+            assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta), name
+        else:
+            assert a.read_bytes() == b.read_bytes(), name
+    # and the stored build is exactly what a plain merge of the recipe makes
+    merged = repo.get(repo.get(one_pass.build.id, obj.Build).weights, obj.Tree)
+    expected = build_recipe(repo, repo.put(_recipe(repo, tmp_path, seed=4)), dtype=dtype)  # same weights, new id
+    assert merged.entries == repo.get(expected.weights, obj.Tree).entries
+
+
+def test_a_failed_one_pass_build_leaves_no_directory_and_no_build(repo, tmp_path, monkeypatch):
+    from persona.db.models import BuildRow
+    from persona.merge import kernel
+    from persona.porcelain.history import commit_recipe
+
+    commit_recipe(repo, _recipe(repo, tmp_path), "committed, not merged")
+    real = kernel.merge_tensor
+    calls = []
+
+    def failing(name, *args, **kwargs):  # the disk fills up at the third merged tensor
+        calls.append(name)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(kernel, "merge_tensor", failing)
+    with pytest.raises(OSError):
+        build(repo, "HEAD", tmp_path / "out" / "model", shard_size="100KB")
+    assert len(calls) == 3
+    assert list((tmp_path / "out").iterdir()) == []  # neither the model nor its temp directory
+    assert repo.db.read(lambda s: s.query(BuildRow).count()) == 0
+
+
 def test_build_dtype_and_refuse_existing_output(repo, tmp_path):
     from persona.errors import Conflict
 

@@ -20,7 +20,7 @@ import yaml
 from persona import recipes
 from persona.errors import InvalidInput
 from persona.porcelain import history
-from persona.porcelain.engine import BuildResult, build_recipe
+from persona.porcelain.engine import BuildResult, build_recipe, cached_build, output_dtype
 from persona.repo import Repository
 from persona.store import objects as obj
 from persona.store import revparse
@@ -120,7 +120,34 @@ class BuildOutput:
         return {"path": self.path, "format": self.format, "commit": self.commit, "build": self.build.to_json()}
 
 
-def model_card(repo: Repository, commit_id: str, body: dict[str, Any], result: BuildResult) -> str:
+def _merge_and_write(repo: Repository, commit_id: str, recipe_id: str, body: dict[str, Any], out: Path,
+                     dtype: str | None, max_shard: int, force: bool, progress: Progress | None) -> BuildOutput:
+    """A recipe not merged yet: merge it into the store and write the directory in one pass.
+
+    Each merged tensor goes to its blob and to the shard being filled while it is
+    in memory, so the inputs are read once and the merged weights are never read
+    back. The store keeps the build as usual (the next build of it is a copy).
+    """
+    from persona.porcelain.engine import merge_stream
+    from persona.tensorio.hf_writer import write_model_dir
+
+    base = repo.get(body["base"]["id"], obj.Base)
+    want = output_dtype(repo, recipe_id, dtype)
+    tree = repo.get(base.weights, obj.Tree)
+    dtypes = {entry.dtype for entry in tree.entries.values()}
+    label = want or (next(iter(dtypes)) if len(dtypes) == 1 else "mixed")  # as merge_stream labels it
+    files = _files_for(repo, base, label)
+    files["README.md"] = model_card(repo, commit_id, body, label).encode()
+    outcome: dict[str, BuildResult] = {}
+
+    def tensors():
+        outcome["result"] = yield from merge_stream(repo, recipe_id, dtype, progress=progress)
+
+    path = write_model_dir(out, files, tensors(), max_shard_bytes=max_shard, force=force)
+    return BuildOutput(str(path), "hf", commit_id, outcome["result"])
+
+
+def model_card(repo: Repository, commit_id: str, body: dict[str, Any], dtype: str) -> str:
     info = history.show(repo, commit_id)
     aer = f"{info.aer:.4f}" if info.aer is not None else "not measured (run `persona aer`)"
     recipe_yaml = yaml.safe_dump(recipes.to_yaml_dict(body), sort_keys=False).rstrip()
@@ -137,7 +164,7 @@ Built by [persona](https://pypi.org/project/persona/) from commit `{commit_id}`:
 
 - Merge method: `{body['method']}` (lambda {body['lambda']:g}, density {body['density']:g}, seed {body['seed']})
 - Base: `{body['base']['name']}` (`{body['base']['id'][:12]}`)
-- Output dtype: {result.dtype}
+- Output dtype: {dtype}
 - Alignment Efficiency Ratio (AER): {aer}
 
 | vector | id | alpha | density |
@@ -166,7 +193,12 @@ def _files_for(repo: Repository, base: obj.Base, out_dtype: str) -> dict[str, by
 def _tensors(repo: Repository, tree: obj.Tree) -> Iterator[tuple[str, Any]]:
     from persona.store.tensors import load_tensor
 
-    for name in sorted(tree.entries):
+    names = sorted(tree.entries)
+    for position, name in enumerate(names):
+        # the kernel reads the next tensors' files while this one is written out
+        first = position + 1 if position == 0 else position + 2
+        for ahead in names[first : position + 3]:
+            repo.objects.prefetch(tree.entries[ahead].blob)
         # verify=True: a corrupt blob must never become wrong weights in a model
         yield name, load_tensor(repo.objects, tree.entries[name].blob, verify=True)
 
@@ -182,12 +214,15 @@ def build(repo: Repository, rev: str, out: Path, dtype: str | None = None, shard
     commit_id = revparse.resolve(repo, rev)
     recipe_id = repo.commit(commit_id).recipe
     body = repo.recipe(recipe_id).body
-    result = build_recipe(repo, recipe_id, dtype, progress=progress)
+    cached = cached_build(repo, recipe_id, dtype)
+    if cached is None and fmt == "hf":
+        return _merge_and_write(repo, commit_id, recipe_id, body, Path(out), dtype, max_shard, force, progress)
+    result = cached or build_recipe(repo, recipe_id, dtype, progress=progress)
     build_obj = repo.get(result.id, obj.Build)
     base = repo.get(build_obj.base, obj.Base)
     tree = repo.get(build_obj.weights, obj.Tree)
     files = _files_for(repo, base, result.dtype)
-    files["README.md"] = model_card(repo, commit_id, body, result).encode()
+    files["README.md"] = model_card(repo, commit_id, body, result.dtype).encode()
     if fmt == "gguf":
         from persona.porcelain.materialise import tree_source
         from persona.tensorio.gguf_writer import write_gguf

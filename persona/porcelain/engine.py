@@ -126,7 +126,42 @@ def _terms(repo: Repository, p: _Plan, name: str, verify: bool, base_tensor=None
 def build_recipe(repo: Repository, recipe_id: str, dtype: str | None = None, verify: bool = True,
                  progress: Progress | None = None) -> BuildResult:
     """The build of a stored recipe: from the cache, or merged now."""
+    cached = cached_build(repo, recipe_id, dtype)
+    if cached is not None:
+        return cached
+    stream = merge_stream(repo, recipe_id, dtype, verify, progress, emit=False)
+    while True:
+        try:
+            next(stream)
+        except StopIteration as stop:
+            return stop.value
 
+
+def output_dtype(repo: Repository, recipe_id: str, dtype: str | None) -> str | None:
+    """The safetensors dtype name a build is asked for (None: each tensor keeps the base's)."""
+    dtype = dtype or repo.recipe(recipe_id).body.get("dtype")
+    return DTYPE_NAMES.get(dtype) if dtype else None
+
+
+def cached_build(repo: Repository, recipe_id: str, dtype: str | None = None) -> BuildResult | None:
+    """The stored build of a recipe in that dtype, if there is one."""
+    cached = find_cached(repo, recipe_id, output_dtype(repo, recipe_id, dtype))
+    if cached is None:
+        return None
+    build = repo.get(cached, obj.Build)
+    return BuildResult(cached, recipe_id, build.weights, build.dtype, True, 0.0, 0, 0)
+
+
+def merge_stream(repo: Repository, recipe_id: str, dtype: str | None = None, verify: bool = True,
+                 progress: Progress | None = None, emit: bool = True):
+    """Merge a recipe into the store tensor by tensor; a generator whose return value is the BuildResult.
+
+    With ``emit`` it yields ``(name, tensor)`` for every tensor of the output in
+    name order, merged or kept from the base, as soon as it is stored: that lets
+    ``persona build`` of a recipe not merged yet write the model directory in the
+    same pass (one read of the inputs, no re-read of the merged blobs). The
+    build object and its index row are written after the last tensor.
+    """
     from persona.merge.kernel import merge_tensor
     from persona.merge.params import MergeParams
     from persona.merge.workspace import Workspace
@@ -135,12 +170,7 @@ def build_recipe(repo: Repository, recipe_id: str, dtype: str | None = None, ver
     from persona.tensorio.dtypes import torch_dtype
 
     body = repo.recipe(recipe_id).body
-    dtype = dtype or body.get("dtype")
-    want = DTYPE_NAMES.get(dtype) if dtype else None
-    cached = find_cached(repo, recipe_id, want)
-    if cached is not None:
-        build = repo.get(cached, obj.Build)
-        return BuildResult(cached, recipe_id, build.weights, build.dtype, True, 0.0, 0, 0)
+    want = output_dtype(repo, recipe_id, dtype)
     started = time.perf_counter()
     p = plan(repo, body)
     params = MergeParams(method=body["method"], lambda_=float(body["lambda"]), density=float(body["density"]),
@@ -154,13 +184,19 @@ def build_recipe(repo: Repository, recipe_id: str, dtype: str | None = None, ver
     total = sum(_nbytes(p.tree.entries[n]) for n in names)
     done = merged = reused = 0
     out_dtypes = set()
-    for name in names:
+    for position, name in enumerate(names):
         entry = p.tree.entries[name]
+        # keep the next _PREFETCH_TENSORS tensors' files on their way into the page cache
+        first = position + 1 if position == 0 else position + _PREFETCH_TENSORS
+        for ahead in names[first : position + 1 + _PREFETCH_TENSORS]:
+            for oid in _blobs_read(p, ahead, want, emit):
+                repo.objects.prefetch(oid)
         out_dtype = want or entry.dtype
         out_dtypes.add(out_dtype)
         if name not in p.touched and out_dtype == entry.dtype:
             entries[name] = entry
             reused += 1
+            result = load_tensor(repo.objects, entry.blob, verify) if emit else None
         else:
             base_tensor = load_tensor(repo.objects, entry.blob, verify)
             if name in p.touched:
@@ -175,6 +211,8 @@ def build_recipe(repo: Repository, recipe_id: str, dtype: str | None = None, ver
         done += _nbytes(entry)
         if progress:
             progress(done, total, name)
+        if emit:
+            yield name, result
     weights = repo.put(obj.Tree(entries))
     label = want or (out_dtypes.pop() if len(out_dtypes) == 1 else "mixed")
     build_id = repo.put(obj.Build(recipe_id, p.base_id, weights, label))
@@ -183,6 +221,25 @@ def build_recipe(repo: Repository, recipe_id: str, dtype: str | None = None, ver
     repo.db.write(lambda session: session.merge(row))
     repo.remember_verified()
     return BuildResult(build_id, recipe_id, weights, label, False, seconds, merged, reused)
+
+
+# How many tensors ahead of the merge the kernel is asked to read (posix_fadvise WILLNEED).
+_PREFETCH_TENSORS = 2
+
+
+def _blobs_read(p: _Plan, name: str, want: str | None, emit: bool) -> list[str]:
+    """The blobs the merge of one tensor reads (a kept base blob only when it is emitted or cast)."""
+    entry = p.tree.entries[name]
+    if name not in p.touched:
+        return [] if (want or entry.dtype) == entry.dtype and not emit else [entry.blob]
+    blobs = [entry.blob]
+    for index in p.touched[name]:
+        vector = p.vectors[index][1]
+        if name in vector.factors:
+            blobs += [vector.factors[name].A, vector.factors[name].B]
+        else:
+            blobs.append(vector.deltas.get(name) or vector.finetuned[name])
+    return blobs
 
 
 def _nbytes(entry: obj.TreeEntry) -> int:

@@ -57,6 +57,7 @@ class ObjectStore(Protocol):
     def freshen(self, oid: str) -> bool: ...
     def kind_of(self, oid: str) -> str: ...
     def iter_ids(self) -> Iterator[str]: ...
+    def prefetch(self, oid: str) -> None: ...
     def size(self, oid: str) -> int: ...
     def mtime(self, oid: str) -> float: ...
     def delete(self, oid: str) -> None: ...
@@ -244,6 +245,26 @@ class DiskObjectStore:
             raise CorruptObject(f"blob {oid[:12]} is truncated", "run `persona fsck`")
         return BlobView(oid, layout, view[layout.data_offset : layout.data_offset + layout.data_length])
 
+    def prefetch(self, oid: str) -> None:
+        """Ask the kernel to start reading an object into the page cache, without waiting.
+
+        Why: a merge alternates reading a tensor (I/O) and merging it (CPU);
+        announcing the next tensor's files while the current one is merged lets
+        the disk work during the compute instead of after it.
+        """
+        if not is_object_id(oid) or not hasattr(os, "posix_fadvise"):
+            return
+        try:
+            fd = os.open(self.path(oid), os.O_RDONLY)
+        except OSError:
+            return  # a missing object is reported by the read that needs it
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
     def iter_ids(self) -> Iterator[str]:
         if not self.root.is_dir():
             return
@@ -356,6 +377,9 @@ class MemoryObjectStore:
             _verify_bytes(oid, view)
         layout = parse_blob_layout(view, oid)
         return BlobView(oid, layout, view[layout.data_offset : layout.data_offset + layout.data_length])
+
+    def prefetch(self, oid: str) -> None:
+        """Nothing to read ahead: the objects are in memory."""
 
     def iter_ids(self) -> Iterator[str]:
         yield from sorted(self._objects)
