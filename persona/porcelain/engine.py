@@ -99,7 +99,27 @@ def find_cached(repo: Repository, recipe_id: str, dtype: str | None) -> str | No
     return None
 
 
-def _terms(repo: Repository, p: _Plan, name: str, verify: bool, base_tensor=None):
+class _DeltaBuffers:
+    """One float32 buffer per vector, grown to the largest tensor it held, reused for every tensor."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[int, Any] = {}
+
+    def get(self, index: int, numel: int):
+        import torch
+
+        from persona.merge.terms import MATERIALISE_MAX_ELEMS
+
+        if numel > MATERIALISE_MAX_ELEMS:
+            return None  # streamed chunk by chunk, never formed whole
+        buf = self._buffers.get(index)
+        if buf is None or buf.numel() < numel:
+            buf = self._buffers[index] = torch.empty(numel, dtype=torch.float32)
+        return buf
+
+
+def _terms(repo: Repository, p: _Plan, name: str, verify: bool, base_tensor=None,
+           buffers: _DeltaBuffers | None = None):
     """The merge terms of one tensor; ``base_tensor`` is the base's (loaded here when not given)."""
     from persona.merge.terms import DenseTerm, DiffTerm, LowRankTerm
     from persona.store.tensors import load_tensor
@@ -113,8 +133,10 @@ def _terms(repo: Repository, p: _Plan, name: str, verify: bool, base_tensor=None
         elif name in vector.finetuned:
             if base_tensor is None:
                 base_tensor = load_tensor(repo.objects, p.tree.entries[name].blob, verify)
-            terms.append(DiffTerm(load_tensor(repo.objects, vector.finetuned[name], verify), base_tensor,
-                                  float(spec["alpha"]), float(spec["density"]), spec["id"]))
+            finetuned = load_tensor(repo.objects, vector.finetuned[name], verify)
+            buffer = buffers.get(index, finetuned.numel()) if buffers is not None else None
+            terms.append(DiffTerm(finetuned, base_tensor, float(spec["alpha"]), float(spec["density"]), spec["id"],
+                                  buffer=buffer))
         else:
             factor = vector.factors[name]
             terms.append(LowRankTerm(load_tensor(repo.objects, factor.A, verify),
@@ -176,6 +198,7 @@ def merge_stream(repo: Repository, recipe_id: str, dtype: str | None = None, ver
     params = MergeParams(method=body["method"], lambda_=float(body["lambda"]), density=float(body["density"]),
                          seed=int(body["seed"]), elect=body.get("elect", "sum"), trim=body.get("trim", "tensor"))
     workspace = Workspace()
+    buffers = _DeltaBuffers()
     global_thresholds = None
     if params.trim == "global":
         global_thresholds = _global_thresholds(repo, p, verify, workspace)
@@ -200,7 +223,7 @@ def merge_stream(repo: Repository, recipe_id: str, dtype: str | None = None, ver
         else:
             base_tensor = load_tensor(repo.objects, entry.blob, verify)
             if name in p.touched:
-                result = merge_tensor(name, base_tensor, _terms(repo, p, name, verify, base_tensor), params,
+                result = merge_tensor(name, base_tensor, _terms(repo, p, name, verify, base_tensor, buffers), params,
                                       torch_dtype(out_dtype), workspace, global_thresholds)
                 merged += 1
             else:
