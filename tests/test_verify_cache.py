@@ -108,3 +108,24 @@ def test_records_persist_in_the_store_database(tmp_path, hashes):
         load_tensor(later.objects, oid, verify=True)
     again.close()
     later.close()
+
+
+def test_gc_forgets_the_records_of_the_blobs_it_deletes(tmp_path):
+    from sqlalchemy import select
+
+    from persona.db.models import VerifiedBlobRow
+    from persona.store.gc import gc
+
+    repo, _ = Repository.init(tmp_path / "store")
+    blobs = {put_tensor(repo.objects, torch.ones(4)), put_tensor(repo.objects, torch.zeros(4))}
+    repo.remember_verified()
+
+    def recorded() -> set[str]:
+        return repo.db.read(lambda s: set(s.execute(select(VerifiedBlobRow.oid)).scalars()))
+
+    assert recorded() == blobs
+    for oid in blobs:
+        os.utime(repo.objects.path(oid), (1, 1))  # unreachable and older than the grace period
+    report = gc(repo, grace="1d")
+    assert set(report.removed) == blobs and recorded() == set()
+    repo.close()

@@ -214,6 +214,8 @@ def gc(repo: Repository, grace: str = DEFAULT_GRACE, dry_run: bool = False,
                 raise describe_os_error(exc, getattr(repo.objects, "root", repo.root)) from exc
         report.removed.append(oid)
         report.bytes_freed += size
+    if report.removed and not dry_run:
+        _drop_verified_records(repo, set(report.removed))
     temp_grace = max(min(grace_seconds, TEMP_GRACE_CAP_S), TEMP_GRACE_FLOOR_S)
     stale = [*repo.objects.stale_temp_files(temp_grace), *_stale_ref_temps(repo.root, now - temp_grace)]
     report.temp_files = len(stale)
@@ -240,6 +242,20 @@ def _stale_ref_temps(root: Path, cutoff: float) -> list[Path]:
         except FileNotFoundError:
             continue
     return stale
+
+
+def _drop_verified_records(repo: Repository, removed: set[str]) -> None:
+    """Forget the file identities of deleted blobs (store.verify_cache): a stale record is
+    harmless (a re-created file has another identity) but would only grow the table."""
+    from sqlalchemy import delete
+
+    from persona.db.models import VerifiedBlobRow
+
+    ids = sorted(removed)
+    for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
+        chunk = ids[start : start + 500]
+        repo.db.write(lambda session, chunk=chunk: session.execute(
+            delete(VerifiedBlobRow).where(VerifiedBlobRow.oid.in_(chunk))))
 
 
 def _drop_index_rows(repo: Repository, removed: set[str]) -> None:
