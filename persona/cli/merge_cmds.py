@@ -74,6 +74,9 @@ def build(
 ) -> None:
     """Write a deployable model: HF directory (config, tokenizer, shards, model card) or GGUF.
 
+    A recipe merged before builds from the stored merge; one never merged is
+    merged into the store and written in the same pass.
+
     Examples: persona build -o out/timmy ; persona build HEAD~1 -o out/timmy.gguf --format gguf
     """
     from persona.porcelain.build import build as run_build
