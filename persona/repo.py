@@ -17,7 +17,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 
-from persona.errors import InvalidInput, NotFound, StoreError
+from persona.errors import InvalidInput, NotFound, PersonaError, StoreError
 from persona.fsutil import atomic_write_text, describe_os_error
 from persona.store import objects as obj
 from persona.store.object_store import DiskObjectStore, ObjectStore
@@ -124,10 +124,19 @@ class Repository:
         self.db.write(work)
 
     def remember_verified(self) -> None:
-        """Persist which blobs this command hashed or wrote (call after the command's work succeeded)."""
+        """Persist which blobs this command hashed or wrote (call after the command's work succeeded).
+
+        Best effort: the records only save re-hashing later, so a store whose
+        database cannot be written (a read-only copy being built from) loses
+        them and the command still succeeds.
+        """
         cache = getattr(self.objects, "verify_cache", None)
-        if cache is not None:
+        if cache is None:
+            return
+        try:
             cache.flush()
+        except (PersonaError, OSError):
+            pass
 
     def close(self) -> None:
         if "db" in self.__dict__:

@@ -118,10 +118,13 @@ class DiskObjectStore:
             return self.path(oid).is_file()
         return True
 
-    def _link_into_place(self, tmp: Path, oid: str) -> None:
+    def _link_into_place(self, tmp: Path, oid: str) -> bool:
+        """Link ``tmp`` in as ``oid``; False when another writer's file was there first."""
         final = self.path(oid)
+        linked = False
         try:
             os.link(tmp, final)
+            linked = True
             faults.checkpoint("object.linked")
         except FileExistsError:
             pass
@@ -130,6 +133,7 @@ class DiskObjectStore:
         finally:
             tmp.unlink(missing_ok=True)
         fsync_dir(final.parent)
+        return linked
 
     def _temp_in(self, directory: Path) -> tuple[int, Path]:
         try:
@@ -190,9 +194,9 @@ class DiskObjectStore:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        self._link_into_place(tmp, oid)
-        if self.verify_cache is not None:
+        if self._link_into_place(tmp, oid) and self.verify_cache is not None:
             # hashed as it was written: the file in place is known good as it stands now
+            # (not so a racing writer's file that got there first: it is hashed when read)
             with contextlib.suppress(OSError):
                 self.verify_cache.remember(oid, os.stat(self.path(oid)))
         return oid
