@@ -11,6 +11,7 @@ Layout of a store (see store/README.md)::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from functools import cached_property
@@ -133,10 +134,8 @@ class Repository:
         cache = getattr(self.objects, "verify_cache", None)
         if cache is None:
             return
-        try:
+        with contextlib.suppress(PersonaError, OSError):
             cache.flush()
-        except (PersonaError, OSError):
-            pass
 
     def close(self) -> None:
         if "db" in self.__dict__:
