@@ -54,6 +54,11 @@ def test_revision_syntax(repo3):
         revparse.resolve(repo, "HEAD@{9}")
     with pytest.raises(InvalidInput):
         revparse.resolve(repo, "HEAD~x")
+    # "." would be refs/heads itself (a folder): found by the revision fuzzer
+    for rev in (".", ".hidden", ".~1", ".@{0}"):
+        with pytest.raises(InvalidInput, match="cannot parse revision"):
+            revparse.resolve(repo, rev)
+    assert repo.refs.read_raw("refs/heads") is None and repo.refs.read_raw("refs/heads/.") is None
 
 
 def test_ambiguous_prefix(tmp_path):

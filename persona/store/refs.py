@@ -127,8 +127,8 @@ class RefStore:
     def read_raw(self, ref: str) -> str | None:
         try:
             return self.ref_path(ref).read_text().strip() or None
-        except FileNotFoundError:
-            return None
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None  # no such ref (a folder of refs is not one)
         except OSError as exc:
             raise describe_os_error(exc, self.ref_path(ref)) from exc
 

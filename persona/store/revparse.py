@@ -17,7 +17,7 @@ from persona.store.refs import NAMESPACES
 if TYPE_CHECKING:
     from persona.repo import Repository
 
-_UNSAFE_NAME = re.compile(r"[/\\\x00-\x1f\x7f]|\.\.")
+_UNSAFE_NAME = re.compile(r"[/\\\x00-\x1f\x7f]|\.\.|^\.")
 _REV_RE = re.compile(r"^(?P<name>[^~^@]+)(?:@\{(?P<reflog>\d+)\})?(?P<suffix>(?:~\d*|\^)*)$")
 
 
@@ -88,8 +88,9 @@ def resolve(repo: Repository, rev: str) -> str:
     """Resolve a revision to a commit id."""
     match = _REV_RE.match(rev.strip())
     if not match or _UNSAFE_NAME.search(match["name"]):
-        # a name with a path separator, '..' or a control character could only
-        # reach outside refs/ (branch and tag names never contain them)
+        # a name with a path separator, '..', a leading '.' or a control character
+        # could only reach outside refs/ or name a folder ("." is refs/heads itself);
+        # branch and tag names never contain them
         raise InvalidInput(f"cannot parse revision {rev!r}", "examples: HEAD, HEAD~2, main@{1}, 3fa9c2")
     reflog_index = int(match["reflog"]) if match["reflog"] is not None else None
     oid = _base_ref_value(repo, match["name"], reflog_index)
