@@ -20,7 +20,13 @@ import yaml
 from persona import recipes
 from persona.errors import InvalidInput
 from persona.porcelain import history
-from persona.porcelain.engine import BuildResult, build_recipe, cached_build, output_dtype
+from persona.porcelain.engine import (
+    BuildResult,
+    build_recipe,
+    cached_build,
+    entering_window,
+    output_dtype,
+)
 from persona.repo import Repository
 from persona.store import objects as obj
 from persona.store import revparse
@@ -195,9 +201,7 @@ def _tensors(repo: Repository, tree: obj.Tree) -> Iterator[tuple[str, Any]]:
 
     names = sorted(tree.entries)
     for position, name in enumerate(names):
-        # the kernel reads the next tensors' files while this one is written out
-        first = position + 1 if position == 0 else position + 2
-        for ahead in names[first : position + 3]:
+        for ahead in entering_window(names, position):  # read ahead while this one is written out
             repo.objects.prefetch(tree.entries[ahead].blob)
         # verify=True: a corrupt blob must never become wrong weights in a model
         yield name, load_tensor(repo.objects, tree.entries[name].blob, verify=True)

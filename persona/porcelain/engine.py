@@ -209,9 +209,7 @@ def merge_stream(repo: Repository, recipe_id: str, dtype: str | None = None, ver
     out_dtypes = set()
     for position, name in enumerate(names):
         entry = p.tree.entries[name]
-        # keep the next _PREFETCH_TENSORS tensors' files on their way into the page cache
-        first = position + 1 if position == 0 else position + _PREFETCH_TENSORS
-        for ahead in names[first : position + 1 + _PREFETCH_TENSORS]:
+        for ahead in entering_window(names, position):
             for oid in _blobs_read(p, ahead, want, emit):
                 repo.objects.prefetch(oid)
         out_dtype = want or entry.dtype
@@ -248,6 +246,17 @@ def merge_stream(repo: Repository, recipe_id: str, dtype: str | None = None, ver
 
 # How many tensors ahead of the merge the kernel is asked to read (posix_fadvise WILLNEED).
 _PREFETCH_TENSORS = 2
+
+
+def entering_window(names: list[str], position: int) -> list[str]:
+    """The tensors to announce for reading when ``names[position]`` is being worked on.
+
+    Keeps the next _PREFETCH_TENSORS tensors' files on their way into the page
+    cache, announcing each one once: all of the window at the start, then the
+    one that enters it.
+    """
+    first = position + 1 if position == 0 else position + _PREFETCH_TENSORS
+    return names[first : position + 1 + _PREFETCH_TENSORS]
 
 
 def _blobs_read(p: _Plan, name: str, want: str | None, emit: bool) -> list[str]:

@@ -245,15 +245,18 @@ def import_checkpoint(repo: Repository, name: str, checkpoint: Path, base: str |
         done += tensor.numel() * tensor.element_size()
         if progress:
             progress(done, total, tname)
-        if tensor.dtype == base_tensor.dtype and torch.equal(tensor, base_tensor):
+        same_dtype = tensor.dtype == base_tensor.dtype
+        if same_dtype and torch.equal(tensor, base_tensor):
             continue
         if not tensor.is_floating_point():
             raise Incompatible(f"checkpoint {checkpoint}: {tname} is {tensor.dtype} and differs from the base",
                                "only float tensors can form a task vector")
-        delta = tensor.to(torch.float32) - base_tensor.to(torch.float32)
-        if not bool(delta.any()):
-            continue
-        if rank is not None and delta.dim() == 2 and rank < min(delta.shape):
+        svd = rank is not None and tensor.dim() == 2 and rank < min(tensor.shape)
+        if svd or not same_dtype:  # the float32 delta is needed (same dtype: torch.equal said it differs)
+            delta = tensor.to(torch.float32) - base_tensor.to(torch.float32)
+            if not bool(delta.any()):
+                continue
+        if svd:
             u, s, vh = torch.linalg.svd(delta.double(), full_matrices=False)
             b = (u[:, :rank] * s[:rank]).to(torch.float32).contiguous()
             a = vh[:rank].to(torch.float32).contiguous()

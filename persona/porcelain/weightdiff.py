@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
 
+from persona.porcelain.deltas import vector_delta
 from persona.porcelain.engine import build_recipe
 from persona.repo import Repository
 from persona.store import objects as obj
@@ -48,23 +49,9 @@ class WeightDiff:
         return "\n".join(lines)
 
 
-def _delta(repo: Repository, vector: obj.Vector, name: str, alpha: float):
-    import torch
-
-    from persona.store.tensors import load_tensor
-
-    if name in vector.deltas:
-        return load_tensor(repo.objects, vector.deltas[name], verify=True).to(torch.float32) * alpha
-    if name in vector.finetuned:
-        base = repo.get(repo.get(vector.base, obj.Base).weights, obj.Tree).entries[name]
-        finetuned = load_tensor(repo.objects, vector.finetuned[name], verify=True).to(torch.float32)
-        return (finetuned - load_tensor(repo.objects, base.blob, verify=True).to(torch.float32)) * alpha
-    if name in vector.factors:
-        f = vector.factors[name]
-        a = load_tensor(repo.objects, f.A, verify=True).to(torch.float32)
-        b = load_tensor(repo.objects, f.B, verify=True).to(torch.float32)
-        return (b @ a) * (f.scale * alpha)
-    return None
+def _delta(repo: Repository, vector: obj.Vector, name: str, alpha: float, base: obj.Tree):
+    delta = vector_delta(repo, vector, name, verify=True, base=base)
+    return None if delta is None else delta * alpha
 
 
 def _merged_delta(repo: Repository, entry: obj.TreeEntry | None, base_entry: obj.TreeEntry | None, base):
@@ -100,11 +87,13 @@ def weight_diff(repo: Repository, commit_a: str, commit_b: str) -> WeightDiff:
         stats.observe(name, _merged_delta(repo, ea, base_entry, base), _merged_delta(repo, eb, base_entry, base))
     body = repo.recipe(recipe_b).body
     vectors = [(v["name"], float(v["alpha"]), repo.get(v["id"], obj.Vector)) for v in body["vectors"]]
+    base_b = repo.get(repo.get(build_b.base, obj.Base).weights, obj.Tree)  # the base recipe B's vectors share
     pairs = []
     for (name_a, alpha_a, va), (name_b, alpha_b, vb) in combinations(vectors, 2):
         pair_stats = DiffStats()
         for tensor in sorted(set(va.touched()) & set(vb.touched())):
-            pair_stats.observe(tensor, _delta(repo, va, tensor, alpha_a), _delta(repo, vb, tensor, alpha_b))
+            pair_stats.observe(tensor, _delta(repo, va, tensor, alpha_a, base_b),
+                               _delta(repo, vb, tensor, alpha_b, base_b))
         pairs.append({"a": name_a, "b": name_b, **pair_stats.total.summary()})
     repo.remember_verified()
     return WeightDiff(stats.summary(), pairs)

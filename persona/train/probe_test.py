@@ -49,9 +49,10 @@ def apply_vector(model: Any, repo: Repository, vector: obj.Vector, alpha: float 
     """Add ``alpha`` times the vector's delta to the model's weights in place; returns the tensors changed."""
     import torch
 
-    from persona.store.tensors import load_tensor
+    from persona.porcelain.deltas import base_tree, vector_delta
 
     params = dict(model.named_parameters())
+    base = base_tree(repo, vector)
     changed: list[str] = []
     with torch.no_grad():
         for name in vector.touched():
@@ -59,17 +60,7 @@ def apply_vector(model: Any, repo: Repository, vector: obj.Vector, alpha: float 
             if param is None:
                 raise Incompatible(f"the vector changes {name}, which the loaded model does not have",
                                    "the vector was made for another architecture")
-            if name in vector.factors:
-                factor = vector.factors[name]
-                a = load_tensor(repo.objects, factor.A).to(torch.float32)
-                b = load_tensor(repo.objects, factor.B).to(torch.float32)
-                delta = (b @ a) * factor.scale
-            elif name in vector.finetuned:
-                base_tree = repo.get(repo.get(vector.base, obj.Base).weights, obj.Tree)
-                delta = (load_tensor(repo.objects, vector.finetuned[name]).to(torch.float32)
-                         - load_tensor(repo.objects, base_tree.entries[name].blob).to(torch.float32))
-            else:
-                delta = load_tensor(repo.objects, vector.deltas[name]).to(torch.float32)
+            delta = vector_delta(repo, vector, name, base=base)
             if tuple(delta.shape) != tuple(param.shape):
                 raise Incompatible(f"the vector's {name} is {list(delta.shape)}, the model's {list(param.shape)}",
                                    "the vector was made for another base")
