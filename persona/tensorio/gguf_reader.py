@@ -111,7 +111,9 @@ def tokenizer_files(
                 str(path.parent), gguf_file=path.name, local_files_only=True
             )
         except (ValueError, KeyError, NotImplementedError) as exc:
-            raise InvalidInput(f"{path}: cannot convert the GGUF tokenizer ({exc})", "") from None
+            raise InvalidInput(f"{path}: cannot convert the GGUF tokenizer ({exc})",
+                               "transformers' GGUF loader lacks this tokenizer type: import the model's "
+                               "Hugging Face directory instead") from None
     if not tok.chat_template:
         raise InvalidInput(
             f"{path}: the GGUF has no chat template (tokenizer.chat_template)",

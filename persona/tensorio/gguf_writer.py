@@ -263,7 +263,8 @@ def write_gguf(
                 continue
             gname, qtype, info = by_name[hf]
             if tuple(tensor.shape) != info.shape:
-                raise InvalidInput(f"tensor {hf} has shape {tuple(tensor.shape)}, listed as {info.shape}", "")
+                raise InvalidInput(f"tensor {hf} has shape {tuple(tensor.shape)}, listed as {info.shape}",
+                                   "the build's tensors changed while writing: build again")
             heads = gguf_names.qk_heads(hf, hp["head_count"], hp["head_count_kv"])
             if heads is not None:
                 tensor = gguf_names.permute_qk(tensor, heads)

@@ -110,7 +110,8 @@ class ShardedSafetensorsWriter:
         progress: Progress | None = None,
     ) -> None:
         if max_shard_bytes <= 0:
-            raise InvalidInput(f"max shard size must be positive, got {max_shard_bytes}", "")
+            raise InvalidInput(f"max shard size must be positive, got {max_shard_bytes}",
+                               "e.g. --shard-size 2GB")
         self.out_dir = Path(out_dir)
         self.max_shard_bytes = max_shard_bytes
         self.progress = progress

@@ -227,7 +227,8 @@ class SafetensorsFile:
         if numel == 0:
             return torch.empty(entry.shape, dtype=dtype)
         if self._map is None:
-            raise InvalidInput(f"{self.path}: file was closed before tensor {name} was read", "")
+            raise InvalidInput(f"{self.path}: file was closed before tensor {name} was read",
+                               "read tensors inside the `with` block that opened the file")
         start = self.data_start + entry.begin
         itemsize = dtypes.itemsize(entry.dtype)
         if start % itemsize == 0:
