@@ -11,5 +11,7 @@ setup(
     packages=[*find_packages(include=["persona", "persona.*"]),
               "persona._migrations", "persona._migrations.versions"],
     package_dir={"persona._migrations": "migrations"},
-    package_data={"persona._migrations": ["*.mako", "*.ini"]},
+    package_data={"persona._migrations": ["*.mako", "*.ini"],
+                  "persona.train": ["data/*.jsonl", "data/*.json", "data/*.md"],
+                  "persona.aer": ["data/*.yaml", "data/*.md"]},
 )

@@ -68,6 +68,9 @@ def run(
 ):
     doc = parse_prompt(prompt)
     ps = parse_probes(probes if probes is not None else PROBES, "probes.yaml", doc.names)
+    # One or two probes per section keep these tests about the grid and the greedy drop;
+    # the minimum number of probes for a DROP has its own tests (test_aer_verdicts.py).
+    kw.setdefault("config", AerConfig(min_probes=1))
     return evaluate_aer(
         base=base, recipe=recipe, prompt=doc, probes=ps, tokenizer=tok, context_window=1000, **kw
     )
@@ -282,13 +285,18 @@ def test_decide_thresholds_and_kl_normalisation() -> None:
     assert decide("s", 1.0, 1.0, 1.0, 0.5, 0.05, cfg)[0] == "DROP"
     # neither moved: untested
     assert decide("s", 1.0, 1.0, 0.0, 0.005, 3.0, cfg)[0] == "UNTESTED"
-    # pass rate moved but the base's KL gap is under the floor: the recipe's own KL must be too
+    # pass rate moved but the section barely moves the reference's distribution on its passing
+    # answers: the KL says nothing either way, the pass rates decide (and the reason says so)
     v, reason, ratio = decide("s", 1.0, 0.0, 1.0, 0.001, 0.5, cfg)
-    assert (v, ratio) == ("KEEP", None) and "floor" in reason
-    assert decide("s", 1.0, 0.0, 1.0, 0.001, 0.002, cfg)[0] == "DROP"
-    # no KL (empty answers): pass rates decide, and say so
+    assert (v, ratio) == ("DROP", None) and "judged on pass rates" in reason
+    assert decide("s", 1.0, 0.0, 0.5, 0.001, 0.002, cfg)[0] == "KEEP"
+    # the base ignores the section (nothing moves) but the recipe does what the probes ask:
+    # the probes do discriminate, so it is not UNTESTED
+    v, reason, _ = decide("s", 0.0, 0.0, 0.9, 0.001, 0.3, cfg)
+    assert v == "DROP" and "reference itself passes only 0%" in reason
+    # no KL evidence (no reference answer passes): pass rates decide, and say so
     v, reason, _ = decide("s", 1.0, 0.0, 1.0, None, None, cfg)
-    assert v == "DROP" and "no KL" in reason
+    assert v == "DROP" and "no KL evidence" in reason
     # a reference that fails its own probes is flagged
     assert "reference itself passes only 50%" in decide("s", 0.5, 0.0, 0.5, 1.0, 0.1, cfg)[1]
 

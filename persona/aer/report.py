@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from persona.aer.evaluate import AerResult
+from persona.aer.stats import wilson_interval
 from persona.aer.tokens import TokenReport
 from persona.errors import InvalidInput
 from persona.fsutil import atomic_write_bytes
@@ -88,46 +89,54 @@ def headline_table(result: AerResult) -> Table:
     return ("AER", ["model / recipe", "C_alignment", "C_total", "AER", "notes"], rows)
 
 
+def _rate(passed: int | None, total: int) -> str:
+    """``75% [47-91]``: a pass rate with its 95% Wilson interval."""
+    if passed is None or total <= 0:
+        return "-"
+    low, high = wilson_interval(passed, total)
+    return f"{100 * passed / total:.0f}% [{100 * low:.0f}-{100 * high:.0f}]"
+
+
 def sections_table(result: AerResult) -> Table:
     rows = []
     for s in result.sections:
+        counted = s.passed or {}
         rows.append(
             [
                 s.name,
                 s.kind + ("" if s.kind_source == "explicit" else f" ({s.kind_source})"),
                 str(s.tokens),
                 str(s.saving),
-                str(s.probes),
-                _pct(s.ref_pass),
-                _pct(s.base_without_pass),
-                _pct(s.recipe_without_pass),
-                _pct(s.recipe_full_pass),
+                f"{s.usable}/{s.probes}" if s.probes else "0",
+                _rate(counted.get("ref"), s.usable) if counted else _pct(s.ref_pass),
+                _rate(counted.get("base_without"), s.usable) if counted else _pct(s.base_without_pass),
+                _rate(counted.get("recipe_without"), s.usable) if counted else _pct(s.recipe_without_pass),
+                _rate(counted.get("recipe_full"), s.usable) if counted else _pct(s.recipe_full_pass),
                 _num(s.kl_base_without),
                 _num(s.kl_recipe_without),
                 _num(s.kl_ratio, 2),
                 s.verdict + (" (dropped)" if s.dropped else ""),
             ]
         )
-    headers = [
-        "section",
-        "kind",
-        "tokens",
-        "saving",
-        "probes",
-        "ref",
-        "base-S",
-        "recipe-S",
-        "recipe",
-        "KL base-S",
-        "KL recipe-S",
-        "KL ratio",
-        "verdict",
-    ]
+    headers = ["section", "kind", "tokens", "saving", "probes", "ref", "base-S", "recipe-S", "recipe",
+               "KL base-S", "KL recipe-S", "KL ratio", "verdict"]
     return (
-        "Sections (pass rates: ref = base + full prompt, -S = without the section)",
+        "Sections (pass rates with 95% Wilson intervals on the usable probes; ref = base + full prompt, "
+        "-S = without the section; KL on the answers that pass)",
         headers,
         rows,
     )
+
+
+def damage_table(result: AerResult) -> Table | None:
+    d = result.damage
+    if d is None:
+        return None
+    rows = [["base", _rate(d.base_passed, d.questions), "-", "-"],
+            ["recipe", _rate(d.recipe_passed, d.questions), _num(d.neutral_kl),
+             "DAMAGE" if d.damaged else "ok"]]
+    return (f"General capability ({d.questions} general questions, no system prompt)",
+            ["model", "pass rate", "KL from base (neutral)", "verdict"], rows)
 
 
 def modes_table(result: AerResult) -> Table:
@@ -136,7 +145,7 @@ def modes_table(result: AerResult) -> Table:
             m.name,
             m.model,
             ", ".join(m.dropped) or "-",
-            f"{_pct(m.pass_rate)} ({m.passed}/{m.probes})",
+            f"{_rate(m.passed, m.probes)} ({m.passed}/{m.probes})",
             f"{m.input_tokens:.0f}",
             str(m.system_tokens),
         ]
@@ -213,9 +222,11 @@ def render_tables(
 
 def format_result(result: AerResult, *, use_rich: bool | None = None, width: int = 160) -> str:
     """The full text report: AER table, sections, each verdict's reason, modes, notes."""
-    text = render_tables(
-        [headline_table(result), sections_table(result)], use_rich=use_rich, width=width
-    )
+    tables = [headline_table(result), sections_table(result)]
+    damage = damage_table(result)
+    if damage is not None:
+        tables.append(damage)
+    text = render_tables(tables, use_rich=use_rich, width=width)
     text += (
         "\n" + "\n".join(f"{s.name}: {s.verdict} - {s.reason}" for s in result.sections) + "\n\n"
     )
@@ -276,7 +287,11 @@ def to_json(result: AerResult) -> dict[str, Any]:
             "dropped": list(result.dropped),
             "sections": [asdict(s) for s in result.sections],
             "drop_steps": [asdict(s) for s in result.drop_steps],
-            "modes": [asdict(m) | {"pass_rate": m.pass_rate} for m in result.modes],
+            "modes": [asdict(m) | {"pass_rate": m.pass_rate,
+                                   "wilson95": list(wilson_interval(m.passed, m.probes)) if m.probes else None}
+                      for m in result.modes],
+            "damage": asdict(result.damage) if result.damage is not None else None,
+            "lint": result.lint,
             "tokens": tokens_to_json(result.tokens),
             "config": asdict(result.config),
             "notes": list(result.notes),
@@ -341,11 +356,28 @@ def write_prom(path: Path | str, result: AerResult | TokenReport, recipe_label: 
 
 @dataclass(frozen=True)
 class HistoryPoint:
-    """AER of one commit, for ``persona aer --history``."""
+    """AER of one commit measured with one prompt and one probe set, for ``persona aer --history``."""
 
     label: str
     aer_before: float
     aer_after: float | None = None
+    commit: str | None = None
+    message: str | None = None
+    prompt_name: str | None = None
+    prompt_sha256: str | None = None
+    probes_name: str | None = None
+    probes_sha256: str | None = None
+    dropped: list[str] | None = None
+
+    @property
+    def measured_with(self) -> str:
+        """``SOUL.md@1a2b3c4d probes.yaml@5e6f7a8b``: which prompt and probe set the AER comes from."""
+        def name(n: str | None, sha: str | None) -> str:
+            if sha is None:
+                return "-"
+            return f"{n or '?'}@{sha[:8]}"
+
+        return f"{name(self.prompt_name, self.prompt_sha256)} {name(self.probes_name, self.probes_sha256)}"
 
 
 def history_point(label: str, data: dict[str, Any]) -> HistoryPoint:
@@ -366,11 +398,13 @@ def history_point(label: str, data: dict[str, Any]) -> HistoryPoint:
 
 def format_history(points: Sequence[HistoryPoint], *, use_rich: bool | None = None) -> str:
     rows = [
-        [p.label, _aer(p.aer_before), "-" if p.aer_after is None else _aer(p.aer_after)]
+        [p.label, p.measured_with, _aer(p.aer_before), "-" if p.aer_after is None else _aer(p.aer_after),
+         ", ".join(p.dropped or []) or "-"]
         for p in points
     ]
     return render_tables(
-        [("AER history", ["commit", "AER before", "AER after"], rows)], use_rich=use_rich
+        [("AER history", ["commit", "prompt and probes", "AER before", "AER after", "dropped"], rows)],
+        use_rich=use_rich,
     )
 
 

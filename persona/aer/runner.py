@@ -48,6 +48,20 @@ class ModelRunner(Protocol):
         ...
 
 
+def generate_many(runner: Any, chats: Sequence[Sequence[Message]], max_new_tokens: int) -> list[str]:
+    """Greedy answers to many chats: in batches when the runner can, else one by one."""
+    if hasattr(runner, "generate_many"):
+        return list(runner.generate_many(chats, max_new_tokens))
+    return [runner.generate(chat, max_new_tokens) for chat in chats]
+
+
+def answer_logprobs_many(runner: Any, items: Sequence[tuple[Sequence[Message], str]]) -> list[np.ndarray]:
+    """Teacher-forced log-probs for many (chat, answer) pairs: batched when the runner can."""
+    if hasattr(runner, "answer_logprobs_many"):
+        return list(runner.answer_logprobs_many(items))
+    return [runner.answer_logprobs(chat, answer) for chat, answer in items]
+
+
 class TransformersRunner:
     """A transformers causal LM with its (fast) tokenizer, greedy and in eval mode."""
 
@@ -109,6 +123,52 @@ class TransformersRunner:
             )
         new = out[0, len(prompt) :].tolist()
         return self.tokenizer.decode(new, skip_special_tokens=True)
+
+    def generate_many(self, chats: Sequence[Sequence[Message]], max_new_tokens: int) -> list[str]:
+        """Greedy answers in batches that share the system prompt's computation (persona.lm.generate)."""
+        from persona.lm.generate import greedy
+
+        self.calls["generate"] += len(chats)
+        return [g.text for g in greedy(self.model, self.tokenizer, chats, max_new_tokens)]
+
+    def answer_logprobs_many(self, items: Sequence[tuple[Sequence[Message], str]],
+                             batch_size: int = 8) -> list[np.ndarray]:
+        """:meth:`answer_logprobs` for many pairs, in batches sharing their common prefix."""
+        import torch
+
+        from persona.lm.forward import target_logits
+
+        self.calls["answer_logprobs"] += len(items)
+        vocab = int(self.model.get_output_embeddings().weight.shape[0])
+        rows = []
+        for messages, answer in items:
+            prompt = self._prompt_ids(messages)
+            ans = list(self.tokenizer(answer, add_special_tokens=False)["input_ids"])
+            rows.append((prompt, ans))
+        out: list[np.ndarray] = [np.zeros((0, vocab), dtype=np.float32) for _ in rows]
+        todo = [i for i, (_, ans) in enumerate(rows) if ans]
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            width = max(len(rows[i][0]) + len(rows[i][1]) for i in chunk)
+            ids = torch.zeros((len(chunk), width), dtype=torch.long)
+            attention = torch.zeros_like(ids)
+            mask = torch.zeros((len(chunk), width), dtype=torch.bool)
+            for r, i in enumerate(chunk):
+                prompt, ans = rows[i]
+                seq = prompt + ans
+                ids[r, :len(seq)] = torch.tensor(seq)
+                attention[r, :len(seq)] = 1
+                mask[r, len(prompt) - 1:len(seq) - 1] = True  # position t predicts token t+1
+            batch = {"input_ids": ids.to(self.device), "attention_mask": attention.to(self.device),
+                     "target_mask": mask.to(self.device)}
+            with torch.no_grad():
+                logp = torch.log_softmax(target_logits(self.model, batch), dim=-1).cpu().numpy()
+            offset = 0
+            for i in chunk:
+                n = len(rows[i][1])
+                out[i] = logp[offset:offset + n]
+                offset += n
+        return out
 
     def answer_logprobs(self, messages: Sequence[Message], answer: str) -> np.ndarray:
         import torch

@@ -129,9 +129,15 @@ class PromptDoc:
         return [s.name for s in self.sections]
 
     def section(self, name: str) -> Section:
+        """The section called ``name``: exactly, else by its slug in any case (``Identity``,
+        ``## Identity`` and ``identity`` all name the section ``## Identity``)."""
         for s in self.sections:
             if s.name == name:
                 return s
+        key = slugify(name.lstrip("#").strip())
+        matches = [s for s in self.sections if key and (s.name.lower() == key or slugify(s.title) == key)]
+        if len(matches) == 1:
+            return matches[0]
         raise NotFound(
             f"no section {name!r} in {self.source}",
             f"sections are: {', '.join(self.names)}",
@@ -142,7 +148,14 @@ class PromptDoc:
         return [s.name for s in self.sections if s.is_alignment]
 
     def render_without(self, drop: Iterable[str] = ()) -> str:
-        return render_without(self.sections, drop)
+        """The prompt without the named sections (names resolved as :meth:`section` does)."""
+        names = []
+        for name in drop:
+            try:
+                names.append(self.section(name).name)
+            except NotFound:
+                names.append(name)  # render_without names every unknown one
+        return render_without(self.sections, names)
 
 
 def slugify(title: str) -> str:

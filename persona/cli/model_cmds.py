@@ -185,7 +185,18 @@ def vector_show(
     typer.echo(f"vector {info.name} {info.id}")
     typer.echo(f"  kind        {info.kind}, {info.tensors} tensors, {info.parameters:,} stored parameters")
     typer.echo(f"  base        {info.base}")
-    typer.echo(f"  provenance  {json.dumps(info.provenance, sort_keys=True)[:400]}")
+    shown = {k: v for k, v in info.provenance.items() if k not in ("heldout", "distill")}
+    typer.echo(f"  provenance  {json.dumps(shown, sort_keys=True)[:400]}")
+    distilled = info.provenance.get("distill")
+    if isinstance(distilled, dict):
+        counts = distilled.get("counts", {})
+        typer.echo(f"  distilled   section {distilled.get('section')!r}, prompt {str(distilled.get('prompt_sha256'))[:12]}, "
+                   f"{counts.get('targeted', '?')} targeted + {counts.get('anchors', '?')} anchor prompts "
+                   f"({counts.get('heldout', '?')} held out)")
+    heldout = info.provenance.get("heldout")
+    if isinstance(heldout, dict):
+        for line in _heldout_lines(heldout, info.provenance.get("selected_step")):
+            typer.echo(line)
     if info.training:
         t = info.training
         losses = t["losses"]
@@ -193,6 +204,26 @@ def vector_show(
         typer.echo(f"  training    {t['status']}, {t['wall_seconds']:.1f}s, data {t['data_sha256'][:12]}, "
                    f"loss {curve}")
         typer.echo(f"  hyper-parameters {json.dumps(t['hyperparameters'], sort_keys=True)}")
+
+
+def _heldout_lines(heldout: dict, selected_step: object) -> list[str]:
+    """The held-out evaluation a distillation stored with its vector."""
+    from persona.aer.stats import format_rate
+
+    if "student_without_section" not in heldout:
+        return [f"  held-out    {heldout.get('note', 'none')}"]
+    lines = [f"  held-out    {heldout['questions']} questions never trained on (checkpoint of step "
+             f"{selected_step}), passing the section's check:"]
+    for key, label in (("student_without_section", "with this vector, without the section"),
+                       ("base_without_section", "base, without the section"),
+                       ("prompted_base", "base, with the whole prompt")):
+        part = heldout.get(key, {})
+        if "passed" in part:
+            lines.append(f"              {label:40} {format_rate(part['passed'], part['total'])}")
+    if heldout.get("kl_student") is not None and heldout.get("kl_base_without_section"):
+        lines.append(f"              KL to the teacher per token: {heldout['kl_student']:.3f} "
+                     f"(base without the section {heldout['kl_base_without_section']:.3f})")
+    return lines
 
 
 def register(app: typer.Typer) -> None:

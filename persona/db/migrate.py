@@ -19,7 +19,7 @@ from sqlalchemy import Engine, inspect, text
 
 from persona.errors import StoreError
 
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0004"
 
 
 def migrations_dir() -> Path:

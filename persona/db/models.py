@@ -93,6 +93,9 @@ class AerResultRow(Base):
                                                   nullable=True)
     recipe_id: Mapped[str] = mapped_column(String(64), index=True)
     prompt_sha256: Mapped[str] = mapped_column(String(64))
+    probes_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)  # None: tokens only / pre-0004
+    prompt_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    probes_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
     c_total: Mapped[int] = mapped_column(Integer)
     c_alignment_before: Mapped[int] = mapped_column(Integer)
     c_alignment_after: Mapped[int] = mapped_column(Integer)

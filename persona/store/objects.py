@@ -38,6 +38,10 @@ def _need(ok: bool, kind: str) -> None:
         raise _malformed(kind)
 
 
+def _is_oid(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
 def _is_str_map(value: Any) -> bool:
     return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
 
@@ -121,6 +125,10 @@ class LoraFactorRef:
     scale: float
 
 
+#: Provenance key of a trained vector's training prompts (a ``file`` object id), kept for AER's overlap check.
+PROMPTS_FILE = "prompts_file"
+
+
 @dataclass(frozen=True)
 class Vector:
     """A behaviour: the change it makes to a base, pinned to that base's id.
@@ -181,6 +189,9 @@ class Vector:
         ids = [self.base, *self.deltas.values(), *self.finetuned.values()]
         for factor in self.factors.values():
             ids += [factor.A, factor.B]
+        prompts = self.provenance.get(PROMPTS_FILE)
+        if isinstance(prompts, str) and _is_oid(prompts):
+            ids.append(prompts)  # the prompts a distilled vector was trained on (a file object)
         return ids
 
 

@@ -225,16 +225,6 @@ def load_chat_data(path: Path | str) -> ChatData:
     return ChatData(examples, digest.hexdigest(), str(path))
 
 
-def load_prompts(path: Path | str) -> tuple[list[tuple[int, str]], str]:
-    """Questions for distillation, one per non-blank line: ([(line, text)], sha256)."""
-    path = Path(path)
-    text, raw = _read_text(path, "prompts file")
-    questions = [(n, line.strip()) for n, line in enumerate(text.split("\n"), start=1) if line.strip()]
-    if not questions:
-        raise InvalidInput(f"{path}: no prompts (the file is empty)", "write one question per line")
-    return questions, hashlib.sha256(raw).hexdigest()
-
-
 # -- rendering and labels ---------------------------------------------------------------
 
 def require_chat_template(tokenizer: Any) -> None:

@@ -86,6 +86,8 @@ class LoopSettings:
     max_grad_norm: float = 1.0
     checkpoint_every: int = 50
     resume: bool = False
+    eval_every: int = 0  # validate every N steps (0: only when a validate function is given, at the end)
+    optimizer: str = "adamw"
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,7 @@ class StepReport:
     loss: float
     tokens: int  # tokens processed so far
     seconds: float
+    validation: float | None = None  # held-out loss measured after this step, if it was
 
 
 @dataclass
@@ -103,6 +106,8 @@ class LoopOutcome:
     tokens: int = 0
     seconds: float = 0.0
     resumed_from: int | None = None
+    validation: list[tuple[int, float]] = field(default_factory=list)  # (step, held-out loss)
+    best_step: int | None = None  # the step whose weights were kept (validation only)
 
     @property
     def steps(self) -> int:
@@ -201,17 +206,26 @@ def checkpoint_path(directory: Path) -> Path:
     return Path(directory) / CHECKPOINT
 
 
+def _optimizer_state(optimizer: Any) -> dict[str, Any]:
+    from persona.train.apollo import strip_projectors
+
+    return strip_projectors(optimizer.state_dict())
+
+
 def save_checkpoint(path: Path, run_key: str, step: int, named: Sequence[tuple[str, Any]], optimizer: Any,
-                    outcome: LoopOutcome, seconds: float) -> None:
+                    outcome: LoopOutcome, seconds: float, best: tuple[int, dict[str, Any]] | None = None) -> None:
     import torch
 
     state = {
         "format": CHECKPOINT_FORMAT, "run_key": run_key, "step": step,
         "params": {name: p.detach().to("cpu").clone() for name, p in named},
-        "optimizer": optimizer.state_dict(),
+        "optimizer": _optimizer_state(optimizer),
         "rng_cpu": torch.get_rng_state(),
         "losses": list(outcome.losses), "tokens": outcome.tokens, "seconds": seconds,
+        "validation": [[int(a), float(b)] for a, b in outcome.validation],
     }
+    if best is not None:
+        state["best_step"], state["best_params"] = best[0], best[1]
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["rng_cuda"] = torch.cuda.get_rng_state_all()
     buffer = io.BytesIO()
@@ -245,13 +259,35 @@ def clear_checkpoint(directory: Path) -> None:
 
 # -- the loop ----------------------------------------------------------------------------
 
+def make_optimizer(named: Sequence[tuple[str, Any]], settings: LoopSettings) -> Any:
+    """AdamW, or APOLLO (``apollo-torch``) with its projected scaling on every matrix."""
+    import torch
+
+    params = [p for _, p in named]
+    if settings.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    if settings.optimizer == "apollo":
+        from persona.train.apollo import apollo_optimizer
+
+        return apollo_optimizer(named, settings.lr, settings.weight_decay)
+    raise InvalidInput(f"unknown --optimizer {settings.optimizer!r}", "use adamw or apollo")
+
+
 def run(accelerator: Any, model: Any, weights: Sequence[int], lengths: Sequence[int],
         collate: Callable[[list[int]], Batch], loss_fn: LossFn, settings: LoopSettings,
-        on_step: Callable[[StepReport], None] | None = None) -> LoopOutcome:
+        on_step: Callable[[StepReport], None] | None = None,
+        validate: Callable[[Any], float] | None = None) -> LoopOutcome:
     """Train ``model``'s trainable parameters for ``settings.steps`` steps.
 
     ``weights[i]`` is example i's number of target tokens (the loss's
     denominator), ``lengths[i]`` its token count (for throughput).
+
+    ``validate(model) -> loss`` (held-out data, lower is better) runs before
+    the first step, every ``settings.eval_every`` steps and after the last;
+    the weights with the lowest held-out loss are the ones the run ends with
+    (early stopping by checkpoint choice, never by the training loss). Its
+    history and the best weights so far are part of every checkpoint, so a
+    resumed run chooses exactly as an uninterrupted one.
     """
     import torch
 
@@ -259,9 +295,11 @@ def run(accelerator: Any, model: Any, weights: Sequence[int], lengths: Sequence[
     if not named:
         raise PersonaError("the model has no trainable parameters", "this is a bug in persona")
     model.to(accelerator.device)
-    optimizer = torch.optim.AdamW([p for _, p in named], lr=settings.lr, weight_decay=settings.weight_decay)
+    optimizer = make_optimizer(named, settings)
     outcome = LoopOutcome()
     start, seconds_before = 0, 0.0
+    best: tuple[int, dict[str, Any]] | None = None
+    best_loss = math.inf
     path = checkpoint_path(settings.checkpoint_dir)
     state = load_checkpoint(path, settings.run_key) if settings.resume else None
     if state is not None:
@@ -278,6 +316,10 @@ def run(accelerator: Any, model: Any, weights: Sequence[int], lengths: Sequence[
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         outcome.losses = [float(x) for x in state["losses"]]
         outcome.tokens = int(state["tokens"])
+        outcome.validation = [(int(a), float(b)) for a, b in state.get("validation", [])]
+        if "best_step" in state:
+            best = (int(state["best_step"]), dict(state["best_params"]))
+            best_loss = min((v for a, v in outcome.validation if a == best[0]), default=math.inf)
         seconds_before = float(state["seconds"])
         outcome.resumed_from = start
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -293,10 +335,28 @@ def run(accelerator: Any, model: Any, weights: Sequence[int], lengths: Sequence[
     def checkpoint(step: int) -> None:
         nonlocal saved
         if accelerator.is_main_process:
-            save_checkpoint(path, settings.run_key, step, named, optimizer, outcome, elapsed())
+            save_checkpoint(path, settings.run_key, step, named, optimizer, outcome, elapsed(), best)
         saved = step
 
+    def run_validation(step: int) -> float | None:
+        nonlocal best, best_loss
+        if validate is None:
+            return None
+        model.eval()
+        try:
+            with torch.no_grad():
+                value = float(validate(model))
+        finally:
+            model.train()
+        outcome.validation.append((step, value))
+        if value < best_loss:
+            best_loss = value
+            best = (step, {name: p.detach().to("cpu").clone() for name, p in named})
+        return value
+
     try:
+        if validate is not None and start == 0 and not outcome.validation:
+            run_validation(0)
         for step in range(start, settings.steps):
             indices = batch_at(step, len(weights), settings.batch_size, settings.seed)
             count = sum(weights[i] for i in indices)
@@ -324,13 +384,19 @@ def run(accelerator: Any, model: Any, weights: Sequence[int], lengths: Sequence[
             outcome.tokens += sum(lengths[i] for i in indices)
             completed = step + 1
             phase = "idle"
+            measured = None
+            if validate is not None and (completed == settings.steps or
+                                         (settings.eval_every > 0 and completed % settings.eval_every == 0)):
+                phase = "validate"
+                measured = run_validation(completed)
+                phase = "idle"
             if settings.checkpoint_every > 0 and completed % settings.checkpoint_every == 0 \
                     and completed < settings.steps:
                 checkpoint(completed)
             if on_step is not None:
-                on_step(StepReport(completed, settings.steps, value, outcome.tokens, elapsed()))
+                on_step(StepReport(completed, settings.steps, value, outcome.tokens, elapsed(), measured))
     except KeyboardInterrupt:
-        if phase != "optimizer" and completed > start and saved != completed:
+        if phase in ("idle", "compute") and completed > start and saved != completed:
             with contextlib.suppress(PersonaError):
                 checkpoint(completed)
         outcome.seconds = elapsed()
@@ -342,5 +408,11 @@ def run(accelerator: Any, model: Any, weights: Sequence[int], lengths: Sequence[
                                   "no vector was stored", hint, completed, outcome.losses, outcome.tokens,
                                   outcome.seconds) from None
     outcome.seconds = elapsed()
+    if best is not None:
+        outcome.best_step = best[0]
+        if best[0] != settings.steps:
+            with torch.no_grad():
+                for name, p in named:
+                    p.copy_(best[1][name].to(p.device))
     model.eval()
     return outcome

@@ -3,10 +3,8 @@
 A batch is right-padded; ``target_mask[b, t]`` marks the positions whose *next*
 token is a target (an assistant token), and ``target_ids`` lists those next
 tokens flattened in row-major order. Logits are computed only at the masked
-positions (transformers' ``logits_to_keep`` with a boolean mask), which skips
-the vocabulary projection for prompt and template tokens: on SmolLM2 that
-projection is a fifth of the model's compute, and most of a chat is prompt.
-Models whose forward does not take a mask fall back to full logits.
+positions, and the system prompt every row shares is run once per batch
+(persona.lm.forward), which is most of a distillation batch's tokens.
 
 Both objectives return the *sum* of per-token losses and the number of target
 tokens; the loop divides by the global batch's count, so a batch's loss is the
@@ -47,20 +45,10 @@ def collate(examples: Sequence[Encoded], pad_id: int, extra: dict[str, Sequence[
 
 
 def target_logits(model: Any, batch: dict[str, Any]) -> Any:
-    """Logits [N, V] at the batch's N target positions (row-major), in float32."""
-    mask = batch["target_mask"]
-    count = int(mask.sum())
-    try:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       logits_to_keep=mask, use_cache=False).logits
-        if logits.dim() == 2 and logits.shape[0] == count:
-            return logits.float()
-        if logits.dim() == 3 and tuple(logits.shape[:2]) == tuple(mask.shape):
-            return logits[mask].float()
-    except (TypeError, IndexError, ValueError):
-        pass  # this architecture's forward does not take a boolean logits_to_keep
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    return logits[mask].float()
+    """Logits [N, V] at the batch's N target positions (row-major), in float32 (see persona.lm.forward)."""
+    from persona.lm.forward import target_logits as shared_target_logits
+
+    return shared_target_logits(model, batch)
 
 
 def sft_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, int]:

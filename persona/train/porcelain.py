@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import math
 import platform
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,16 +36,15 @@ from persona.store.refs import NAMESPACES, validate_name
 from persona.train import loop
 from persona.train.data import (
     Encoded,
-    Example,
     encode_all,
     load_chat_data,
-    load_prompts,
-    require_chat_template,
 )
 from persona.train.lora import LoraSettings
 from persona.train.probe_test import Answer, ProbeOutcome
 
-OBJECTIVES = ("sft", "kl")
+#: Defaults of ``persona train --data`` (distillation has its own, see persona.train.distillation).
+SFT_LR = 2e-4
+SFT_BATCH_SIZE = 4
 
 
 @dataclass(frozen=True)
@@ -67,8 +65,8 @@ class TrainOptions:
     lora: LoraSettings = field(default_factory=LoraSettings)
     epochs: float | None = None
     steps: int | None = None
-    lr: float = 2e-4
-    batch_size: int = 4
+    lr: float | None = None  # None: the verb's default (see with_defaults)
+    batch_size: int | None = None
     max_length: int = 512
     seed: int = 0
     weight_decay: float = 0.0
@@ -77,6 +75,20 @@ class TrainOptions:
     mixed_precision: str = "auto"
     checkpoint_every: int = 50
     resume: bool = False
+    optimizer: str = "adamw"
+    eval_every: int = 0  # validate on held-out data every N steps (distillation)
+
+    def with_defaults(self, lr: float, batch_size: int, epochs: float | None = None,
+                      steps: int | None = None) -> TrainOptions:
+        """These options, with a verb's defaults where the user gave none (``--epochs`` or ``--steps``
+        given by the user replaces both defaults)."""
+        from dataclasses import replace
+
+        length_given = self.epochs is not None or self.steps is not None
+        return replace(self, lr=self.lr if self.lr is not None else lr,
+                       batch_size=self.batch_size if self.batch_size is not None else batch_size,
+                       epochs=self.epochs if length_given else epochs,
+                       steps=self.steps if length_given else steps)
 
     def validate(self) -> None:
         self.lora.validate()
@@ -86,9 +98,9 @@ class TrainOptions:
             raise InvalidInput(f"--steps must be at least 1, got {self.steps}", "e.g. --steps 100")
         if self.epochs is not None and not (self.epochs > 0 and math.isfinite(self.epochs)):
             raise InvalidInput(f"--epochs must be positive, got {self.epochs}", "e.g. --epochs 1")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
             raise InvalidInput(f"--lr must be positive, got {self.lr}", "e.g. --lr 2e-4")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise InvalidInput(f"--batch-size must be at least 1, got {self.batch_size}", "e.g. --batch-size 4")
         if self.max_length < 2:
             raise InvalidInput(f"--max-length must be at least 2, got {self.max_length}", "e.g. --max-length 512")
@@ -101,13 +113,18 @@ class TrainOptions:
                                "0 turns periodic checkpoints off")
         if self.device not in ("auto", "cpu", "cuda"):
             raise InvalidInput(f"unknown --device {self.device!r}", "use cpu, cuda or auto")
+        if self.optimizer not in ("adamw", "apollo"):
+            raise InvalidInput(f"unknown --optimizer {self.optimizer!r}", "use adamw or apollo")
+        if self.eval_every < 0:
+            raise InvalidInput(f"--eval-every must be non-negative, got {self.eval_every}", "e.g. --eval-every 10")
 
     def hyperparameters(self, steps: int, precision: str) -> dict[str, Any]:
         """Every setting that changes the result (and nothing that does not)."""
         return {**self.lora.to_json(), "epochs": self.epochs, "steps": steps, "lr": self.lr,
                 "batch_size": self.batch_size, "max_length": self.max_length, "seed": self.seed,
-                "optimizer": "adamw", "weight_decay": self.weight_decay, "max_grad_norm": self.max_grad_norm,
-                "schedule": "constant", "mixed_precision": precision}
+                "optimizer": self.optimizer, "weight_decay": self.weight_decay,
+                "max_grad_norm": self.max_grad_norm, "schedule": "constant", "mixed_precision": precision,
+                **({"eval_every": self.eval_every} if self.eval_every else {})}
 
 
 @dataclass
@@ -127,6 +144,10 @@ class TrainResult:
     run_key: str
     vector: VectorInfo | None = None
     teacher: list[dict[str, Any]] = field(default_factory=list)
+    validation: list[tuple[int, float]] = field(default_factory=list)
+    selected_step: int | None = None
+    heldout: dict[str, Any] | None = None
+    distill: dict[str, Any] | None = None  # what a distillation chose: prompts, checks, teacher counts
 
     @property
     def tokens_per_second(self) -> float:
@@ -220,11 +241,14 @@ class _Run:
 
 def _start(repo: Repository, name: str, base: str | None, options: TrainOptions, force: bool,
            progress: ProgressFn | None) -> _Run:
+    from persona.cpu import configure_torch
+
     options.validate()
     _check_name(repo, name, force)
     run = _Run(repo, name, default_base(repo, base), options, force, progress)
     run.device = loop.resolve_device(options.device)
     run.precision = loop.resolve_precision(options.mixed_precision, run.device)
+    configure_torch()
     return run
 
 
@@ -247,9 +271,24 @@ def _pad_id(tokenizer: Any) -> int:
     return 0
 
 
+@dataclass
+class TrainHooks:
+    """What a verb adds to the shared training path.
+
+    ``validate(model) -> held-out loss`` picks the checkpoint (see loop.run);
+    ``report(model) -> dict`` runs on the trained model before it is stored and
+    its result goes into the vector's provenance (``heldout``) and the result;
+    ``loss_fn`` replaces the objective's default loss.
+    """
+
+    validate: Callable[[Any], float] | None = None
+    report: Callable[[Any], dict[str, Any]] | None = None
+    loss_fn: Any = None
+
+
 def _train_and_store(run: _Run, model: Any, tokenizer: Any, layers: list[str], encoded: list[Encoded],
                      objective: str, data_sha: str, extra_provenance: dict[str, Any],
-                     teacher: dict[str, list[Any]] | None = None) -> TrainResult:
+                     teacher: dict[str, list[Any]] | None = None, hooks: TrainHooks | None = None) -> TrainResult:
     import torch
 
     from persona.store.tensors import put_tensor
@@ -275,14 +314,18 @@ def _train_and_store(run: _Run, model: Any, tokenizer: Any, layers: list[str], e
     settings = loop.LoopSettings(
         steps=steps, batch_size=options.batch_size, lr=options.lr, seed=options.seed,
         checkpoint_dir=checkpoint_dir, run_key=run_key, weight_decay=options.weight_decay,
-        max_grad_norm=options.max_grad_norm, checkpoint_every=options.checkpoint_every, resume=options.resume)
+        max_grad_norm=options.max_grad_norm, checkpoint_every=options.checkpoint_every, resume=options.resume,
+        eval_every=options.eval_every, optimizer=options.optimizer)
+    hooks = hooks or TrainHooks()
+    loss_fn = hooks.loss_fn or (kl_loss if teacher else sft_loss)
     main = run.accelerator.is_main_process
     with loop.deterministic(strict=run.device == "cuda"):
         peft_model = lora.attach(model, options.lora, layers, options.seed)
         try:
             outcome = loop.run(run.accelerator, peft_model, target_counts(encoded), token_count(encoded),
-                               make_batch, kl_loss if teacher else sft_loss, settings,
-                               on_step=lambda r: run.emit("train", r.step, r.total, r.loss))
+                               make_batch, loss_fn, settings,
+                               on_step=lambda r: run.emit("train", r.step, r.total, r.loss),
+                               validate=hooks.validate)
         except loop.TrainingInterrupted as exc:
             if main:
                 _record(repo, run.name, "interrupted", None, data_sha, row_hyper, exc.losses, exc.seconds, versions)
@@ -297,7 +340,14 @@ def _train_and_store(run: _Run, model: Any, tokenizer: Any, layers: list[str], e
     run.accelerator.wait_for_everyone()
     vector_id: str | None = None
     info: VectorInfo | None = None
+    heldout: dict[str, Any] | None = None
     if main:
+        stored = dict(provenance)
+        if outcome.best_step is not None:
+            stored["selected_step"] = outcome.best_step
+        if hooks.report is not None:
+            heldout = hooks.report(run.accelerator.unwrap_model(peft_model))
+            stored["heldout"] = heldout
         tree = repo.get(repo.get(run.base_id, obj.Base).weights, obj.Tree)
         refs: dict[str, obj.LoraFactorRef] = {}
         for tensor_name, factor in sorted(lora.extract(run.accelerator.unwrap_model(peft_model)).items()):
@@ -309,7 +359,7 @@ def _train_and_store(run: _Run, model: Any, tokenizer: Any, layers: list[str], e
                 raise PersonaError(f"trained factors for {tensor_name} are not finite", "lower --lr")
             refs[tensor_name] = obj.LoraFactorRef(put_tensor(repo.objects, factor.A),
                                                   put_tensor(repo.objects, factor.B), factor.scale)
-        vector = obj.Vector("lora", run.base_id, {}, refs, provenance)
+        vector = obj.Vector("lora", run.base_id, {}, refs, stored)
         vector_id = store_vector(repo, run.name, vector, run.force, f"train {objective}: {run.name}").id
         _record(repo, run.name, "completed", vector_id, data_sha, row_hyper, outcome.losses, outcome.seconds,
                 versions)
@@ -318,7 +368,8 @@ def _train_and_store(run: _Run, model: Any, tokenizer: Any, layers: list[str], e
     run.accelerator.wait_for_everyone()
     return TrainResult(run.name, vector_id, run.base_id, objective, steps, len(encoded),
                        sum(e.truncated for e in encoded), outcome.losses, outcome.tokens, outcome.seconds,
-                       run.device, outcome.resumed_from, run_key, info)
+                       run.device, outcome.resumed_from, run_key, info, validation=outcome.validation,
+                       selected_step=outcome.best_step, heldout=heldout)
 
 
 # -- verbs -------------------------------------------------------------------------------
@@ -327,100 +378,12 @@ def train_sft(repo: Repository, name: str, data: Path | str, base: str | None = 
               options: TrainOptions | None = None, force: bool = False,
               progress: ProgressFn | None = None) -> TrainResult:
     """LoRA on chat data (JSONL, sessions or a directory of them), loss on assistant tokens."""
-    options = options or TrainOptions()
+    options = (options or TrainOptions()).with_defaults(lr=SFT_LR, batch_size=SFT_BATCH_SIZE)
     run = _start(repo, name, base, options, force, progress)
     chat = load_chat_data(data)
     model, tokenizer, layers = _load_model(run)
     encoded = encode_all(tokenizer, chat.examples, options.max_length)
     return _train_and_store(run, model, tokenizer, layers, encoded, "sft", chat.sha256, {})
-
-
-def train_distill(repo: Repository, name: str, prompt: Path | str, section: str, prompts: Path | str,
-                  objective: str = "sft", teacher_max_new_tokens: int = 128, top_k: int = 64,
-                  base: str | None = None, options: TrainOptions | None = None, force: bool = False,
-                  progress: ProgressFn | None = None, keep_if: str | None = None) -> TrainResult:
-    """Context distillation of one prompt section into a LoRA vector (see persona.train.distill).
-
-    ``keep_if`` (a case-insensitive regex) keeps only the teacher answers that
-    match it: a small teacher follows its prompt only sometimes (SmolLM2-135M
-    with "Your name is Timmy" answers "I'm Emily" to one question in twelve),
-    and distilling its misses would teach them too. Filtering the teacher's
-    samples by a check is rejection sampling, as in filtered context distillation.
-    """
-    from persona.aer.sections import load_prompt
-    from persona.aer.tokens import build_messages
-    from persona.train.distill import target_ids, teacher_answers, teacher_topk
-
-    options = options or TrainOptions()
-    if objective not in OBJECTIVES:
-        raise InvalidInput(f"unknown --objective {objective!r}", "use sft or kl")
-    if teacher_max_new_tokens < 1:
-        raise InvalidInput(f"--teacher-max-new-tokens must be at least 1, got {teacher_max_new_tokens}",
-                           "e.g. --teacher-max-new-tokens 128")
-    if top_k < 1:
-        raise InvalidInput(f"--top-k must be at least 1, got {top_k}", "e.g. --top-k 64")
-    keep = _compile_keep_if(keep_if)
-    run = _start(repo, name, base, options, force, progress)
-    doc = load_prompt(prompt)
-    doc.section(section)  # NotFound, listing the sections, when it is not there
-    student_system = doc.render_without([section])
-    questions, prompts_sha = load_prompts(prompts)
-    model, tokenizer, layers = _load_model(run)
-    require_chat_template(tokenizer)
-    # The main process generates (and caches); the others then read the cache.
-    answers = []
-    for turn in (0, 1):
-        if (turn == 0) == run.accelerator.is_main_process:
-            answers = teacher_answers(repo, model, tokenizer, run.base_id, doc.text, questions,
-                                      teacher_max_new_tokens, str(prompts),
-                                      lambda d, t: run.emit("teacher", d, t))
-        run.accelerator.wait_for_everyone()
-    all_answers = answers
-    if keep is not None:
-        answers = [a for a in all_answers if keep.search(a.answer)]
-        if not answers:
-            raise InvalidInput(f"none of the teacher's {len(all_answers)} answers matches --keep-if {keep_if!r}",
-                               "loosen the pattern, add questions, or raise --teacher-max-new-tokens")
-
-    def example(system: str, a: Any) -> Example:
-        turns = [{"role": "user", "content": a.question}, {"role": "assistant", "content": a.answer}]
-        return Example(tuple(build_messages(system, turns)), f"{prompts}:{a.line}", open_end=not a.finished)
-
-    encoded = encode_all(tokenizer, [example(student_system, a) for a in answers], options.max_length)
-    extra = {"distill": {"section": section, "prompt_sha256": hashlib.sha256(doc.text.encode()).hexdigest(),
-                         "prompts_sha256": prompts_sha, "teacher_max_new_tokens": teacher_max_new_tokens}}
-    if keep is not None:
-        extra["distill"].update({"keep_if": keep_if, "kept": len(answers), "answers": len(all_answers)})
-    teacher = None
-    if objective == "kl":
-        extra["distill"]["top_k"] = top_k
-        full = encode_all(tokenizer, [example(doc.text, a) for a in answers], max_length=1 << 30)
-        indices, logps = [], []
-        for done, (student, reference) in enumerate(zip(encoded, full, strict=True), start=1):
-            wanted = target_ids(student)
-            if target_ids(reference)[: len(wanted)] != wanted:
-                raise PersonaError(f"{student.source}: the teacher and the student tokenise the answer "
-                                   "differently", "use --objective sft with this base")
-            idx, logp = teacher_topk(repo, model, run.base_id, reference, len(wanted), top_k)
-            indices.append(idx)
-            logps.append(logp)
-            run.emit("teacher-logits", done, len(encoded))
-        teacher = {"teacher_indices": indices, "teacher_logp": logps}
-    result = _train_and_store(run, model, tokenizer, layers, encoded, f"distill-{objective}", prompts_sha,
-                              extra, teacher)
-    kept = {id(a) for a in answers}
-    result.teacher = [{"line": a.line, "question": a.question, "answer": a.answer, "finished": a.finished,
-                       "kept": id(a) in kept} for a in all_answers]
-    return result
-
-
-def _compile_keep_if(pattern: str | None) -> re.Pattern[str] | None:
-    if pattern is None:
-        return None
-    try:
-        return re.compile(pattern, re.IGNORECASE)
-    except re.error as exc:
-        raise InvalidInput(f"--keep-if {pattern!r} is not a valid regex: {exc}", "e.g. --keep-if timmy") from exc
 
 
 def test_vector(repo: Repository, name: str, probes: Path | str, prompt: Path | str | None = None,
@@ -474,5 +437,12 @@ def test_vector(repo: Repository, name: str, probes: Path | str, prompt: Path | 
 
 test_vector.__test__ = False  # type: ignore[attr-defined]  # a verb, not a pytest test
 
-__all__ = ["Answer", "ProgressEvent", "TrainOptions", "TrainResult", "VectorTestReport", "test_vector",
-           "train_distill", "train_sft"]
+def train_distill(*args: Any, **kwargs: Any) -> TrainResult:
+    """Context distillation of a prompt section (see persona.train.distillation)."""
+    from persona.train.distillation import train_distill as run_distillation
+
+    return run_distillation(*args, **kwargs)
+
+
+__all__ = ["Answer", "ProgressEvent", "TrainHooks", "TrainOptions", "TrainResult", "VectorTestReport",
+           "test_vector", "train_distill", "train_sft"]
