@@ -2,8 +2,9 @@
 # Set everything up and run the demo on the embedded SmolLM2-135M-Instruct:
 # a store, the base, two behaviours as LoRA task vectors, recipes committed and
 # merged (TIES with a negated vector), history, diff, a deployable build that
-# transformers loads and generates with; a prompt section distilled into a vector
-# and AER measured before and after; rollback and its undo, fsck, gc, compaction.
+# transformers loads and generates with; two prompt sections (identity, style)
+# distilled into vectors, merged, and AER measured on held-out probes;
+# rollback and its undo, fsck, gc, compaction.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -42,19 +43,17 @@ inputs = tok.apply_chat_template([{"role": "user", "content": "What is the capit
 out = model.generate(**inputs, max_new_tokens=24, do_sample=False)
 print(tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
 PY
-# Bake a prompt section into the weights: context distillation of SOUL.md's identity.
+# Bake two sections of a system prompt into the weights, each distilled into its own vector with
+# persona's defaults (built-in prompt set, section-derived checks, rejection sampling, held-out split).
 step persona aer --tokens-only --prompt examples/aer/SOUL.md
-# The teacher is SmolLM2 with the whole prompt; it names itself Timmy in about half its answers,
-# so only those are kept (--keep-if), and the student matches its distribution (--objective kl).
-step persona train identity --distill examples/aer/SOUL.md --section identity \
-    --prompts examples/train/identity_questions.txt --keep-if timmy --objective kl \
-    --steps 40 --lr 1e-3 --rank 16 --teacher-max-new-tokens 48
-step persona vector test identity --probes examples/train/identity_probes.yaml \
-    --prompt examples/aer/SOUL.md --without identity --max-new-tokens 24
-# AER of the current recipe (nothing distilled), then of a recipe with the identity vector.
-step persona aer --prompt examples/aer/SOUL.md --probes examples/aer/probes-demo.yaml --max-new-tokens 24
-step persona merge -f recipes/timmy-identity.yaml -m "bake the identity section into the weights"
-step persona aer --prompt examples/aer/SOUL.md --probes examples/aer/probes-demo.yaml --max-new-tokens 24
+step persona aer --check-probes --prompt examples/aer/SOUL.md --probes examples/aer/probes.yaml
+step persona train identity --distill examples/aer/SOUL.md --section Identity
+step persona train style --distill examples/aer/SOUL.md --section Style
+step persona vector show identity
+step persona merge -f recipes/timmy-soul.yaml -m "bake identity and style into the weights"
+# AER on held-out probes: none of them is near a prompt either vector was trained on.
+step persona aer --check-probes --prompt examples/aer/SOUL.md --probes examples/aer/probes.yaml
+step persona aer --prompt examples/aer/SOUL.md --probes examples/aer/probes.yaml --max-new-tokens 32
 step persona aer --history
 step persona rollback HEAD~1 -m "too much at once"
 step persona log -n 1

@@ -215,14 +215,21 @@ def test_yaml_errors_and_limits(tmp_path: Path) -> None:
         load_probes(big)
 
 
-def test_example_probes_cover_every_section() -> None:
+def test_example_probes_cover_every_alignment_section_held_out_and_clean() -> None:
+    """The demo's probes: at least 12 per alignment section, none a near-repeat of any built-in
+    distillation prompt (trained on or held out), and no leak in the prompt without each section."""
+    from persona.aer.lint import lint_probes
+    from persona.aer.overlap import TrainingPrompts
+    from persona.train.prompt_pool import builtin_prompts
+
     doc = load_prompt(EXAMPLES / "SOUL.md")
     probes = load_probes(EXAMPLES / "probes.yaml", doc.names)
-    per = {}
+    per: dict[str, int] = {}
     for p in probes:
         per[p.section] = per.get(p.section, 0) + 1
-    assert set(per) == set(doc.names) - {"preamble"}
-    assert all(3 <= n <= 5 for n in per.values())
+    assert set(per) == set(doc.alignment_names)
+    assert all(n >= 12 for n in per.values())
     assert yaml.safe_load((EXAMPLES / "probes.yaml").read_text())  # plain YAML too
-    questions = (EXAMPLES / "questions.txt").read_text().splitlines()
-    assert len([q for q in questions if q.strip()]) >= 25
+    everything = TrainingPrompts({"built-in set": [p.user_text for p in builtin_prompts()]})
+    lint = lint_probes(doc, probes, everything)
+    assert lint.to_json()["overlaps"] == [] and lint.to_json()["leaks"] == []

@@ -28,12 +28,14 @@ PROBES = [
         "section": "identity",
         "messages": ["Hello! How can I help you today?"],
         "checks": {"must_match": ["listen"]},
+        "reference": "I listen carefully before I answer.",  # curated: the KL is taken on it
     },
     {
         "id": "v-1",
         "section": "values",
         "messages": ["Thank you for sharing that with me."],
         "checks": {"must_not_match": ["fix"]},
+        "reference": "Thank you for sharing that with me.",
     },
 ]
 
@@ -107,7 +109,7 @@ def test_full_evaluation_on_the_tiny_random_model(loaded: tuple[Any, Any]) -> No
         probes=probes,
         tokenizer=tok,
         context_window=resolve_context_window(None, model.config),
-        config=AerConfig(max_new_tokens=6),
+        config=AerConfig(max_new_tokens=6, min_probes=1),
     )
     assert res.c_total == 256
     for name in ("identity", "values"):
@@ -116,7 +118,11 @@ def test_full_evaluation_on_the_tiny_random_model(loaded: tuple[Any, Any]) -> No
         assert s.kl_base_without is not None and s.kl_recipe_without == pytest.approx(
             s.kl_base_without, rel=1e-5
         )
-        if s.verdict != "UNTESTED":
-            assert s.kl_ratio == pytest.approx(1.0, rel=1e-5) and s.verdict == "KEEP"
+        if name == "identity":  # its probe's "listen" also occurs in the values section
+            assert s.verdict == "LEAK" and "occurs in values" in s.reason
+        elif s.verdict != "UNTESTED":
+            assert s.verdict == "KEEP"
+        if s.kl_ratio is not None:
+            assert s.kl_ratio == pytest.approx(1.0, rel=1e-5)
     assert res.dropped == [] and res.aer_after == res.aer_before
     assert same.calls["generate"] > 0 and same.calls["answer_logprobs"] > 0

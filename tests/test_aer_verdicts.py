@@ -166,3 +166,18 @@ def test_lint_without_a_model(tok: Any) -> None:
     ident = data["sections"]["identity"]
     assert ident["too_few"] and ident["usable_probes"] == 3 and ident["leaks"][0]["found_in"] == "preamble"
     assert data["leaks"] and data["overlaps"] == [] and "overlap with training prompts not checked" in data["notes"][0]
+
+
+def test_looping_answers_fail_their_probe(tok: Any) -> None:
+    from persona.aer.repetition import repetition
+
+    assert repetition("Howdy! Howdy! Howdy!") == "'howdy' three times in a row"
+    assert repetition("I'm a chatbot. I'm a chatbot. I'm a chatbot.") == "\"i'm a chatbot\" 3 times"
+    assert repetition("I'm Timmy, a friendly assistant. I'm here to help with any questions you have.") is None
+    assert repetition("Boil water, add the egg, cook for 8 minutes, then cool it in cold water.") is None
+    looping = FakeRunner({"ID_MARK": "I am Timmy. I am Timmy. I am Timmy.", "TASK_MARK": "Gardening it is."},
+                         baked=["ID_MARK"], model_id="looping")
+    res = evaluate(tok, recipe=looping)
+    run = res.runs["recipe + full prompt"][0]
+    assert not run.passed and any(f.startswith("repeats itself") for f in run.failures)
+    assert res.section("identity").recipe_without_pass == 0

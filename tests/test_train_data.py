@@ -14,7 +14,6 @@ from persona.train.data import (
     encode,
     encode_all,
     load_chat_data,
-    load_prompts,
     parse_session,
 )
 
@@ -96,13 +95,16 @@ def test_empty_and_missing_files(tmp_path):
 
 
 def test_prompts_file(tmp_path):
+    from persona.train.prompt_pool import load_user_prompts
+
     path = _write(tmp_path / "q.txt", ["What is your name?", "", "  Who are you?  "])
-    questions, sha = load_prompts(path)
-    assert questions == [(1, "What is your name?"), (3, "Who are you?")] and len(sha) == 64
+    prompts, sha = load_user_prompts(path)
+    assert [(p.id, p.user_text) for p in prompts] == [(f"{path}:1", "What is your name?"),
+                                                      (f"{path}:3", "Who are you?")] and len(sha) == 64
     with pytest.raises(InvalidInput, match="no prompts"):
-        load_prompts(_write(tmp_path / "e.txt", [" "]))
+        load_user_prompts(_write(tmp_path / "e.txt", [" "]))
     with pytest.raises(NotFound):
-        load_prompts(tmp_path / "missing.txt")
+        load_user_prompts(tmp_path / "missing.txt")
 
 
 # -- sessions --------------------------------------------------------------------------
@@ -210,8 +212,6 @@ def test_the_examples_load():
 
     data = load_chat_data(EXAMPLES / "train" / "listening.jsonl")
     assert len(data.examples) == 20
-    questions, _ = load_prompts(EXAMPLES / "train" / "questions.txt")
-    assert len(questions) == 12
     soul = load_prompt(EXAMPLES / "aer" / "SOUL.md")
-    assert len(load_probes(EXAMPLES / "train" / "identity_probes.yaml", soul.names)) == 4
+    assert len(load_probes(EXAMPLES / "aer" / "probes.yaml", soul.names)) >= 36
     assert len(load_probes(EXAMPLES / "train" / "listening_probes.yaml")) == 3

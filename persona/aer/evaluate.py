@@ -41,8 +41,9 @@ base's own answers to them (neutral prompts). A recipe whose pass rate falls by
 more than ``damage_tolerance`` or whose neutral KL exceeds ``max_neutral_kl``
 gets a DAMAGE note and no DROP anywhere.
 
-Parroting: an answer that recites the prompt's instructions fails its probe
-(``persona.aer.parroting``).
+Parroting and looping: an answer that recites the prompt's instructions
+(``persona.aer.parroting``) or repeats itself (``persona.aer.repetition``)
+fails its probe, whatever its regexes say.
 
 DROP candidates are then removed greedily, largest marginal token saving
 first; each addition is re-checked together with the ones already accepted on

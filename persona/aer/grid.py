@@ -8,9 +8,10 @@ then the run cache is consulted, and everything still missing is generated
 in one batch (``runner.generate_many``: the shared system prompt is computed
 once, see ``persona.lm.generate``).
 
-Every answer is checked by the probe's regexes and for *parroting*
-(``persona.aer.parroting``): an answer that recites the prompt's instructions
-fails whatever its regexes say.
+Every answer is checked by the probe's regexes, for *parroting*
+(``persona.aer.parroting``) and for *looping* (``persona.aer.repetition``): an
+answer that recites the prompt's instructions, or repeats itself to the end of
+its budget, fails whatever its regexes say.
 
 Cache keys: generation by (model id, sha256 of the exact rendered input, probe
 id and turns hash, max_new_tokens); KL by both sides' keys plus the answer's
@@ -32,6 +33,7 @@ import numpy as np
 
 from persona.aer.parroting import parroted_span
 from persona.aer.probes import Probe, run_checks
+from persona.aer.repetition import repetition
 from persona.aer.runner import ModelRunner, answer_logprobs_many, generate_many
 from persona.aer.sections import PromptDoc
 from persona.aer.tokens import build_messages, count_tokens, render_chat
@@ -197,6 +199,9 @@ class Grid:
         parroted = parroted_span(answer, self.doc.text, self.allowed)
         if parroted is not None:
             failures.append(f"parrots the prompt: {parroted!r}")
+        loop = repetition(answer)
+        if loop is not None:
+            failures.append(f"repeats itself: {loop}")
         return ProbeRun(probe.id, probe.section, answer, not failures, tuple(failures), self.tokens(rendered),
                         parroted)
 

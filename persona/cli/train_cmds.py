@@ -64,6 +64,8 @@ def train(
     anchor_ratio: float = typer.Option(0.5, "--anchor-ratio", help="With --distill: general prompts per targeted "
                                                                    "one (they keep the student near the base)."),
     max_prompts: int = typer.Option(96, "--max-prompts", help="With --distill: at most this many targeted prompts."),
+    eval_pass_rate: bool = typer.Option(False, "--eval-pass-rate", help="With --distill: also measure the held-out "
+                                                                        "pass rate at every validation (slower)."),
     base: str | None = typer.Option(None, "--base", help="Base to train on (default: the only one)."),
     rank: int = typer.Option(16, "--rank", help="LoRA rank r."),
     lora_alpha: float = typer.Option(32.0, "--lora-alpha", help="LoRA alpha (scale = alpha / r)."),
@@ -127,7 +129,8 @@ def train(
             settings = DistillSettings(objective=objective or DEFAULT_OBJECTIVE, keep_if=keep_if,
                                        builtin_prompts=builtin_prompts, cue=cue, samples=samples, rounds=rounds,
                                        teacher_max_new_tokens=teacher_max_new_tokens, top_k=top_k,
-                                       heldout=heldout, anchor_ratio=anchor_ratio, max_targeted=max_prompts)
+                                       heldout=heldout, anchor_ratio=anchor_ratio, max_targeted=max_prompts,
+                                       eval_pass_rate=eval_pass_rate)
             result = train_distill(repo, name, distill, section, prompts, settings, base, options, force,
                                    progress=bars)
     if result.id is None:  # a non-main process of a multi-GPU run: the main one reports
@@ -165,10 +168,14 @@ def describe_training(result, rank: int) -> list[str]:
             lines.append(f"  check: {check['why']}")
         lines.append(f"  teacher: {c['greedy']} greedy answers kept, {c['sampled']} found by sampling, "
                      f"{c['none']} questions without an acceptable answer ({c['answers_drawn']} answers drawn; "
-                     f"rejected: {c['check_rejected']} by the check, {c['parroting_rejected']} parroting)")
+                     f"rejected: {c['check_rejected']} by the check, {c['parroting_rejected']} parroting, "
+                     f"{c.get('repetition_rejected', 0)} looping)")
     if result.validation:
         curve = ", ".join(f"{step}:{value:.3f}" for step, value in result.validation)
         lines.append(f"  held-out loss by step: {curve}; kept step {result.selected_step}")
+    if result.validation_pass:
+        curve = ", ".join(f"{step}:{passed}/{total}" for step, passed, total in result.validation_pass)
+        lines.append(f"  held-out pass rate by step: {curve}")
     h = result.heldout
     if h and "student_without_section" in h:
         s, b, p = h["student_without_section"], h["base_without_section"], h["prompted_base"]

@@ -65,6 +65,7 @@ class DistillSettings:
     heldout: float = 0.2
     anchor_ratio: float = 0.5
     max_targeted: int = 96
+    eval_pass_rate: bool = False  # also generate on the held-out questions at every validation (costs time)
 
     def validate(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -245,10 +246,23 @@ def train_distill(repo: Repository, name: str, prompt: Path | str, section: str,
             count += n
         return total / count if count else math.nan
 
+    held_targeted = [a for a in answers if a.targeted and a.prompt.key in held_keys]
+    pass_curve: list[list[int]] = []
+
+    def held_pass(model_: Any) -> int:
+        from persona.lm.generate import greedy
+
+        chats = [build_messages(student_system, list(a.prompt.messages)) for a in held_targeted]
+        gens = greedy(model_, tokenizer, chats, settings.teacher_max_new_tokens)
+        return sum(judge.verdict(g.text, a.relevant) is None for g, a in zip(gens, held_targeted, strict=True))
+
     validate = None
     if held_encoded:
         def validate(model_: Any) -> float:
-            return mean_loss(model_, loss_fn, held_teacher)
+            loss = mean_loss(model_, loss_fn, held_teacher)
+            if settings.eval_pass_rate and held_targeted:
+                pass_curve.append([held_pass(model_), len(held_targeted)])
+            return loss
 
     if options.eval_every == 0 and validate is not None:
         steps = porcelain.loop.total_steps(len(encoded), options.batch_size, options.epochs, options.steps)
@@ -256,8 +270,6 @@ def train_distill(repo: Repository, name: str, prompt: Path | str, section: str,
 
         options = replace(options, eval_every=max(1, math.ceil(steps / VALIDATIONS)))
         run.options = options
-
-    held_targeted = [a for a in answers if a.targeted and a.prompt.key in held_keys]
 
     def report(trained: Any) -> dict[str, Any]:
         return _heldout_report(trained, tokenizer, held_targeted, held_answers, held_encoded, held_teacher,
@@ -280,6 +292,9 @@ def train_distill(repo: Repository, name: str, prompt: Path | str, section: str,
     result = porcelain._train_and_store(run, model, tokenizer, layers, encoded, f"distill-{settings.objective}",
                                         data_sha, extra, teacher, hooks)
     result.teacher = [a.to_json() for a in answers]
+    if pass_curve:  # one entry per validation, in the same order as result.validation
+        result.validation_pass = [(step, passed, total) for (step, _), (passed, total)
+                                  in zip(result.validation, pass_curve, strict=True)]
     result.distill = {"section": sec.name, "checks": [c.__dict__ for c in checks], "targeted": len(selection.targeted),
                       "anchors": len(selection.anchors), "categories": selection.categories,
                       "universal": selection.universal, "counts": _counts(answers, held_keys)}
@@ -295,13 +310,14 @@ def _categories() -> dict[str, list[str]]:
 def _counts(answers: Sequence[Any], held_keys: set[str]) -> dict[str, int]:
     """Teacher bookkeeping: how many prompts of each kind, and how their answers were found."""
     out = {"targeted": 0, "anchors": 0, "heldout": 0, "greedy": 0, "sampled": 0, "none": 0, "answers_drawn": 0,
-           "parroting_rejected": 0, "check_rejected": 0}
+           "parroting_rejected": 0, "repetition_rejected": 0, "check_rejected": 0}
     for a in answers:
         out["targeted" if a.targeted else "anchors"] += 1
         out["heldout"] += a.prompt.key in held_keys
         out["greedy" if a.source == "greedy" else "sampled" if a.source == "sample" else "none"] += 1
         out["answers_drawn"] += a.tries
         out["parroting_rejected"] += a.rejected.get("parrot", 0)
+        out["repetition_rejected"] += a.rejected.get("repeat", 0)
         out["check_rejected"] += sum(v for k, v in a.rejected.items() if k.startswith("check"))
     return out
 

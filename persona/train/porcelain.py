@@ -145,6 +145,7 @@ class TrainResult:
     vector: VectorInfo | None = None
     teacher: list[dict[str, Any]] = field(default_factory=list)
     validation: list[tuple[int, float]] = field(default_factory=list)
+    validation_pass: list[tuple[int, int, int]] = field(default_factory=list)  # (step, passed, total)
     selected_step: int | None = None
     heldout: dict[str, Any] | None = None
     distill: dict[str, Any] | None = None  # what a distillation chose: prompts, checks, teacher counts

@@ -13,10 +13,12 @@ is about, see ``persona.train.prompt_pool``) every answer is judged:
 3. a prompt with no passing answer is left out (and counted).
 
 An answer *passes* when it matches the section's checks (``--keep-if``, or the
-checks derived from the section's text, see ``persona.aer.derive``) and does
-not *parrot* the prompt (quote a long span of its instructions, see
-``persona.aer.parroting``): a small model asked to end with "Over and out."
-mostly recites the instruction, and a recital matches the check.
+checks derived from the section's text, see ``persona.aer.derive``), does not
+*parrot* the prompt (recite its instructions, see ``persona.aer.parroting``: a
+small model asked to end with "Over and out." mostly recites the instruction,
+and a recital matches the check) and does not *loop* (``persona.aer.repetition``:
+asked to start with "Howdy!", it mostly repeats the word to the end of its
+budget). Anchor answers are judged by the last two only.
 
 The cue. On targeted prompts the section's own text is repeated in brackets
 after the user's question ("(Your name is Timmy. ...)"). SmolLM2-135M attends to
@@ -44,6 +46,7 @@ import regex
 
 from persona import canonical
 from persona.aer.parroting import parroted_span
+from persona.aer.repetition import repetition
 from persona.aer.tokens import build_messages, render_chat
 from persona.fsutil import atomic_write_bytes
 from persona.repo import Repository
@@ -78,6 +81,8 @@ class Judge:
         """None when the answer passes, else why not ("parrot", or the failed check)."""
         if parroted_span(answer, self.prompt_text, self.allowed_phrases) is not None:
             return "parrot"
+        if repetition(answer) is not None:
+            return "repeat"
         for check in self.applicable(relevant):
             try:
                 hit = regex.search(check.pattern, answer.strip(), regex.IGNORECASE, timeout=REGEX_TIMEOUT_S)
@@ -195,8 +200,7 @@ def teacher_answers(repo: Repository, model: Any, tokenizer: Any, base_id: str, 
     for i, a in enumerate(answers):
         a.tries = 1
         first = greedy[i][0]
-        why = judge.verdict(first["answer"], a.relevant) if a.targeted else \
-            ("parrot" if judge.verdict(first["answer"], False) == "parrot" else None)
+        why = judge.verdict(first["answer"], a.relevant) if a.targeted else judge.verdict(first["answer"], False)
         if why is None:
             a.text, a.finished, a.source = first["answer"], first["finished"], "greedy"
         else:
