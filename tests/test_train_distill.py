@@ -395,3 +395,61 @@ def test_smollm2_distilled_name_holds_on_held_out_questions(tmp_path):
     assert student["passed"] > base["passed"]
     assert student["passed"] >= prompted["passed"]
     assert held["kl_student"] < held["kl_base_without_section"]
+
+
+def test_a_start_with_check_begins_the_teacher_answer_and_makes_those_tokens_certain(repo, tmp_path, monkeypatch):
+    prompt = tmp_path / "STYLE.md"
+    prompt.write_text('## Style {kind=behaviour}\nYou always start every reply with the word "Ahoy!"\n\n'
+                      "## Task\nAnswer briefly.\n")
+    questions = tmp_path / "q.txt"
+    questions.write_text("How do I boil an egg?\nWhat is a good snack?\nHow do I water basil?\n")
+    seen = []
+    real = lm_generate.generate
+
+    def spy(model, tokenizer, chats, *args, answer_starts=None, **kwargs):
+        seen.append(answer_starts)
+        return real(model, tokenizer, chats, *args, answer_starts=answer_starts, **kwargs)
+
+    monkeypatch.setattr(lm_generate, "generate", spy)
+    tops = []
+    real_topk = distill.teacher_topk
+
+    def keep_tops(*args, **kwargs):
+        out = real_topk(*args, **kwargs)
+        tops.append(out)
+        return out
+
+    monkeypatch.setattr(distill, "teacher_topk", keep_tops)
+    result = porcelain.train_distill(repo, "ahoy", prompt, "style", questions,
+                                     _settings(keep_if=None, objective="kl", heldout=0.0, rounds=0),
+                                     options=_options())
+    assert seen[0] == ["Ahoy!"] * 3  # every targeted answer is begun with the phrase
+    kept = [t for t in result.teacher if t["answer"]]
+    assert kept and all(t["answer"].startswith("Ahoy!") and t["start"] == "Ahoy!" for t in kept)
+    assert result.distill["counts"]["begun"] == len(kept)
+    provenance = repo.get(result.id, obj.Vector).provenance
+    assert provenance["distill"]["checks"][0]["start"] == "Ahoy!"
+
+
+def test_certain_start_is_a_one_hot_over_the_phrase_tokens(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from persona.train.distillation import _certain_start
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    example = train_data.encode(tok, train_data.Example(
+        ({"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Ahoy! I am here."}), "t"), 128)
+    wanted = distill.target_ids(example)
+    n = len(wanted)
+    indices, logp = torch.zeros((n, 4), dtype=torch.long), torch.full((n, 4), -1.3862944)
+    new_indices, new_logp = _certain_start((indices, logp), example, "Ahoy!", tok)
+    phrase = tok("Ahoy!", add_special_tokens=False)["input_ids"]
+    covered = len(phrase)
+    assert wanted[:covered] == phrase
+    assert (new_indices[:covered] == torch.tensor(wanted[:covered]).unsqueeze(1)).all()
+    assert (new_logp[:covered, 0] == 0).all() and (new_logp[:covered, 1:] < -1e3).all()
+    assert torch.equal(new_logp[covered:], logp[covered:]) and torch.equal(indices, torch.zeros((n, 4), dtype=torch.long))
+    # the KL to that one-hot is the cross-entropy of the phrase's tokens
+    q = torch.log_softmax(torch.randn(n, 50), dim=-1)
+    kl = (new_logp.exp() * (new_logp - q.gather(1, new_indices.clamp(max=49)))).sum(dim=1)[:covered]
+    assert torch.allclose(kl, -q[torch.arange(covered), torch.tensor(wanted[:covered]).clamp(max=49)], atol=1e-5)

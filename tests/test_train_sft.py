@@ -265,3 +265,41 @@ def test_target_module_names(tmp_path):
     for bad in ("", "q_proj,all-linear", "q-proj!"):
         with pytest.raises(InvalidInput):
             lora.parse_target_modules(bad)
+
+
+def test_apollo_optimizer_trains_is_recorded_and_resumes_exactly(repo, data):
+    pytest.importorskip("apollo_torch", reason="the [apollo] extra is part of the dev install")
+    options = _options(steps=8, lr=2e-2, batch_size=6, optimizer="apollo", lora=LoraSettings(4, 8.0, ("all-linear",)))
+    result = porcelain.train_sft(repo, "apollo", data, options=options)
+    assert result.losses[-1] < result.losses[0] - 0.2
+    assert models.show_vector(repo, "apollo").provenance["hyperparameters"]["optimizer"] == "apollo"
+    adamw = porcelain.train_sft(repo, "adamw", data, options=_options(steps=8, lr=2e-2, batch_size=6,
+                                                                      lora=LoraSettings(4, 8.0, ("all-linear",))))
+    assert adamw.id != result.id and adamw.losses != result.losses
+    # interrupted and resumed (the projector is rebuilt from its seed) it reaches the same vector
+    with pytest.raises(Interrupted):
+        porcelain.train_sft(repo, "apollo-2", data, options=_options(steps=6, optimizer="apollo",
+                                                                     checkpoint_every=2), progress=_interrupt_at(3))
+    resumed = porcelain.train_sft(repo, "apollo-2", data, options=_options(steps=6, optimizer="apollo",
+                                                                           checkpoint_every=2, resume=True))
+    straight = porcelain.train_sft(repo, "apollo-3", data, options=_options(steps=6, optimizer="apollo",
+                                                                            checkpoint_every=2))
+    assert resumed.resumed_from == 3 and resumed.id == straight.id
+
+
+def test_apollo_without_its_package_is_one_line(repo, data, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_apollo(name, *args, **kwargs):
+        if name.startswith("apollo_torch"):
+            raise ImportError("No module named 'apollo_torch'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_apollo)
+    before = _snapshot(repo)
+    with pytest.raises(InvalidInput, match="--optimizer apollo needs the apollo-torch package") as info:
+        porcelain.train_sft(repo, "v", data, options=_options(optimizer="apollo"))
+    assert "persona[apollo]" in info.value.hint
+    assert _snapshot(repo)[0] == before[0]

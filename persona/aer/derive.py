@@ -74,9 +74,10 @@ class DerivedCheck:
     pattern: str
     scope: str  # "all" (every question) or "relevant" (the section's own questions)
     why: str
+    start: str | None = None  # the phrase an answer must begin with, for a "start with" check
 
-    def to_json(self) -> dict[str, str]:
-        return {"pattern": self.pattern, "scope": self.scope, "why": self.why}
+    def to_json(self) -> dict[str, str | None]:
+        return {"pattern": self.pattern, "scope": self.scope, "why": self.why, "start": self.start}
 
 
 def _body(text: str) -> str:
@@ -140,14 +141,15 @@ def derived_checks(text: str) -> list[DerivedCheck]:
             if core == r"\b\b":
                 continue
             before = sentence[: sentence.find(phrase)]
+            start = None
             if _START.search(before):
-                pattern, where = r"^\W*" + core, "start with"
+                pattern, where, start = r"^\W*" + core, "start with", phrase
             elif _END.search(before):
                 pattern, where = core + r"\W*$", "end with"
             else:
                 pattern, where = core, "say"
             scope = "all" if _UNIVERSAL.search(sentence) else "relevant"
-            checks.append(DerivedCheck(pattern, scope, f"the section asks to {where} {phrase!r}"))
+            checks.append(DerivedCheck(pattern, scope, f"the section asks to {where} {phrase!r}", start))
     return checks
 
 

@@ -166,10 +166,17 @@ def describe_training(result, rank: int) -> list[str]:
                      f"{c['heldout']} of them held out")
         for check in d["checks"] or [{"why": "no check derived: answers kept unless they parrot the prompt"}]:
             lines.append(f"  check: {check['why']}")
-        lines.append(f"  teacher: {c['greedy']} greedy answers kept, {c['sampled']} found by sampling, "
+        begun = f" (begun with the section's opening phrase: {c['begun']})" if c.get("begun") else ""
+        lines.append(f"  teacher: {c['greedy']} greedy answers kept{begun}, {c['sampled']} found by sampling, "
                      f"{c['none']} questions without an acceptable answer ({c['answers_drawn']} answers drawn; "
                      f"rejected: {c['check_rejected']} by the check, {c['parroting_rejected']} parroting, "
                      f"{c.get('repetition_rejected', 0)} looping)")
+        from persona.train.distillation import FEW_ANSWERS
+
+        if c.get("targeted_kept", FEW_ANSWERS) < FEW_ANSWERS:
+            lines.append(f"  warning: only {c['targeted_kept']} of {c['targeted']} targeted questions have an acceptable "
+                         "teacher answer, so this vector has little to learn from: the base rarely follows this "
+                         "section even when prompted (raise --samples/--rounds, or reword the section)")
     if result.validation:
         curve = ", ".join(f"{step}:{value:.3f}" for step, value in result.validation)
         lines.append(f"  held-out loss by step: {curve}; kept step {result.selected_step}")

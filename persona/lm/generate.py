@@ -80,9 +80,12 @@ def common_prefix(rows: Sequence[Sequence[int]]) -> int:
     return n
 
 
-def encode_chats(tokenizer: Any, chats: Sequence[Sequence[Message]]) -> list[list[int]]:
-    """Token ids of each chat rendered with its generation prompt."""
+def encode_chats(tokenizer: Any, chats: Sequence[Sequence[Message]],
+                 answer_starts: Sequence[str] | None = None) -> list[list[int]]:
+    """Token ids of each chat rendered with its generation prompt (and the start of the answer, if given)."""
     texts = [render_chat(tokenizer, chat, add_generation_prompt=True) for chat in chats]
+    if answer_starts is not None:
+        texts = [t + start for t, start in zip(texts, answer_starts, strict=True)]
     return [list(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
 
 
@@ -173,8 +176,13 @@ def _group(model: Any, prompts: Sequence[list[int]], samples: int, max_new_token
 def generate(model: Any, tokenizer: Any, chats: Sequence[Sequence[Message]], max_new_tokens: int, *,
              samples: int = 1, temperature: float = 0.0, top_k: int = 50, seed: int = 0,
              batch_size: int = 64, progress: Progress | None = None,
-             on_group: Callable[[list[int], list[list[Generation]]], None] | None = None) -> list[list[Generation]]:
+             on_group: Callable[[list[int], list[list[Generation]]], None] | None = None,
+             answer_starts: Sequence[str] | None = None) -> list[list[Generation]]:
     """``samples`` answers to each chat (``result[i][j]``: chat i, sample j).
+
+    ``answer_starts[i]`` (optional) is text the answer to chat i is made to
+    begin with: the model continues after it, and the returned text and token
+    ids are the continuation only.
 
     Chats are processed in groups of at most ``batch_size`` sequences, grouped
     by their rendered prompt so each group shares the longest prefix;
@@ -192,7 +200,7 @@ def generate(model: Any, tokenizer: Any, chats: Sequence[Sequence[Message]], max
     model.eval()
     eos = eos_ids(model, tokenizer)
     pad = _pad_id(tokenizer, eos)
-    encoded = encode_chats(tokenizer, chats)
+    encoded = encode_chats(tokenizer, chats, answer_starts)
     order = sorted(range(len(chats)), key=lambda i: encoded[i])  # shared prefixes end up adjacent
     per_group = max(1, batch_size // samples)
     generator = torch.Generator(device="cpu").manual_seed(seed) if temperature > 0 else None

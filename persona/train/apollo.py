@@ -29,13 +29,19 @@ RANK = 1
 UPDATE_PROJ_GAP = 200
 
 
-def apollo_optimizer(named: Sequence[tuple[str, Any]], lr: float, weight_decay: float) -> Any:
+def require_apollo() -> Any:
+    """The APOLLO optimiser class, or a one-line error saying how to install it."""
     try:
         from apollo_torch import APOLLOAdamW
     except ImportError as exc:
         raise InvalidInput(f"--optimizer apollo needs the apollo-torch package ({exc})",
                            "pip install 'persona[apollo]' (apollo-torch and bitsandbytes), or use --optimizer adamw"
                            ) from exc
+    return APOLLOAdamW
+
+
+def apollo_optimizer(named: Sequence[tuple[str, Any]], lr: float, weight_decay: float) -> Any:
+    APOLLOAdamW = require_apollo()  # noqa: N806 - the library's class name
     matrices = [p for _, p in named if p.dim() == 2]
     others = [p for _, p in named if p.dim() != 2]
     groups: list[dict[str, Any]] = []

@@ -40,6 +40,8 @@ from persona.store.objects import PROMPTS_FILE
 #: Objectives (persona.train.distill).
 OBJECTIVES = ("kl", "sft", "kl+sft")
 DEFAULT_OBJECTIVE = "kl+sft"
+#: Fewer targeted questions with an acceptable teacher answer than this gets a warning.
+FEW_ANSWERS = 10
 #: Defaults chosen by measurement (see the module docstring).
 DISTILL_LR = 2e-3
 DISTILL_BATCH_SIZE = 8
@@ -166,7 +168,7 @@ def train_distill(repo: Repository, name: str, prompt: Path | str, section: str,
     if keep_if is not None:
         checks = [Check(keep_if, "relevant", f"--keep-if {keep_if}")]
     else:
-        checks = [Check(c.pattern, c.scope, c.why) for c in derive.derived_checks(sec.text)]
+        checks = [Check(c.pattern, c.scope, c.why, c.start) for c in derive.derived_checks(sec.text)]
     judge = Judge(checks, doc.text, derive.quoted_phrases(sec.text))
     train_t, held_t = split(selection.targeted, settings.heldout)
     train_a, held_a = split(selection.anchors, settings.heldout)
@@ -225,6 +227,8 @@ def train_distill(repo: Repository, name: str, prompt: Path | str, section: str,
             counts.append(len(wanted))
         tops = teacher_topk(repo, model, run.base_id, full, counts, settings.top_k,
                             progress=lambda d, t: run.emit("teacher-logits", d, t))
+        tops = [_certain_start(top, student, a.start, tokenizer) if a.start else top
+                for top, student, a in zip(tops, students, everything, strict=True)]
         teacher = {"teacher_indices": [t[0] for t in tops[:len(encoded)]],
                    "teacher_logp": [t[1] for t in tops[:len(encoded)]]}
         held_teacher = {"teacher_indices": [t[0] for t in tops[len(encoded):]],
@@ -301,6 +305,29 @@ def train_distill(repo: Repository, name: str, prompt: Path | str, section: str,
     return result
 
 
+def _certain_start(top: tuple[Any, Any], student: Any, start: str, tokenizer: Any) -> tuple[Any, Any]:
+    """The teacher's top-k with the begun phrase's tokens made certain (see persona.train.teacher).
+
+    Conditioned on the answer starting with the phrase, the teacher puts all its
+    mass on the phrase's tokens: KL to that one-hot is the cross-entropy of the
+    token. The positions covered are those where the answer's tokens agree with
+    the phrase's own tokenisation.
+    """
+    from persona.train.distill import target_ids
+
+    indices, logp = top[0].clone(), top[1].clone()
+    wanted = target_ids(student)
+    phrase = list(tokenizer(start, add_special_tokens=False)["input_ids"])
+    covered = 0
+    while covered < min(len(phrase), len(wanted), indices.shape[0]) and wanted[covered] == phrase[covered]:
+        covered += 1
+    for position in range(covered):
+        indices[position, :] = wanted[position]
+        logp[position, :] = -1e4  # zero probability, finite so that 0 * log p stays 0
+        logp[position, 0] = 0.0
+    return indices, logp
+
+
 def _categories() -> dict[str, list[str]]:
     from persona.train.prompt_pool import builtin_categories
 
@@ -310,11 +337,13 @@ def _categories() -> dict[str, list[str]]:
 def _counts(answers: Sequence[Any], held_keys: set[str]) -> dict[str, int]:
     """Teacher bookkeeping: how many prompts of each kind, and how their answers were found."""
     out = {"targeted": 0, "anchors": 0, "heldout": 0, "greedy": 0, "sampled": 0, "none": 0, "answers_drawn": 0,
-           "parroting_rejected": 0, "repetition_rejected": 0, "check_rejected": 0}
+           "parroting_rejected": 0, "repetition_rejected": 0, "check_rejected": 0, "targeted_kept": 0, "begun": 0}
     for a in answers:
         out["targeted" if a.targeted else "anchors"] += 1
         out["heldout"] += a.prompt.key in held_keys
         out["greedy" if a.source == "greedy" else "sampled" if a.source == "sample" else "none"] += 1
+        out["targeted_kept"] += a.targeted and a.usable
+        out["begun"] += a.targeted and a.usable and a.start is not None
         out["answers_drawn"] += a.tries
         out["parroting_rejected"] += a.rejected.get("parrot", 0)
         out["repetition_rejected"] += a.rejected.get("repeat", 0)

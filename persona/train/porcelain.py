@@ -115,6 +115,10 @@ class TrainOptions:
             raise InvalidInput(f"unknown --device {self.device!r}", "use cpu, cuda or auto")
         if self.optimizer not in ("adamw", "apollo"):
             raise InvalidInput(f"unknown --optimizer {self.optimizer!r}", "use adamw or apollo")
+        if self.optimizer == "apollo":
+            from persona.train.apollo import require_apollo
+
+            require_apollo()  # before any model is loaded
         if self.eval_every < 0:
             raise InvalidInput(f"--eval-every must be non-negative, got {self.eval_every}", "e.g. --eval-every 10")
 

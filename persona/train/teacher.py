@@ -20,6 +20,16 @@ and a recital matches the check) and does not *loop* (``persona.aer.repetition``
 asked to start with "Howdy!", it mostly repeats the word to the end of its
 budget). Anchor answers are judged by the last two only.
 
+Begun answers. A check that an answer must *start* with a phrase ("You always
+start every reply with the word 'Howdy!'") is met by beginning the teacher's
+answer with that phrase and letting it continue. That is rejection sampling
+done exactly rather than by trial: the continuation is drawn from the
+teacher's own distribution given that the answer starts as the section says,
+which is the distribution rejection sampling would keep, without the hundreds
+of draws a small teacher needs to start that way by chance. The begun tokens
+are taught as certain (the conditioned teacher puts all its mass on them); the
+rest is the teacher's own distribution.
+
 The cue. On targeted prompts the section's own text is repeated in brackets
 after the user's question ("(Your name is Timmy. ...)"). SmolLM2-135M attends to
 an instruction beside the question far more than to one in a system prompt:
@@ -64,6 +74,7 @@ class Check:
     pattern: str
     scope: str  # "all" | "relevant"
     why: str
+    start: str | None = None  # a "start with" check's phrase: the teacher's answer is begun with it
 
 
 @dataclass
@@ -76,6 +87,10 @@ class Judge:
 
     def applicable(self, relevant: bool) -> list[Check]:
         return [c for c in self.checks if c.scope == "all" or relevant]
+
+    def answer_start(self, relevant: bool) -> str | None:
+        """The phrase a targeted answer must begin with, if an applicable check says so."""
+        return next((c.start for c in self.applicable(relevant) if c.start), None)
 
     def verdict(self, answer: str, relevant: bool) -> str | None:
         """None when the answer passes, else why not ("parrot", or the failed check)."""
@@ -103,6 +118,7 @@ class TeacherAnswer:
     source: str = "greedy"  # greedy | sample | none
     tries: int = 1
     rejected: dict[str, int] = field(default_factory=dict)
+    start: str | None = None  # the phrase the teacher's answer was begun with (a "start with" check)
 
     @property
     def usable(self) -> bool:
@@ -110,7 +126,7 @@ class TeacherAnswer:
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.prompt.id, "targeted": self.targeted, "answer": self.text, "finished": self.finished,
-                "source": self.source, "tries": self.tries, "rejected": self.rejected}
+                "source": self.source, "tries": self.tries, "rejected": self.rejected, "start": self.start}
 
 
 def cued(prompt: PoolPrompt, cue: str | None) -> list[dict[str, str]]:
@@ -155,8 +171,9 @@ def teacher_answers(repo: Repository, model: Any, tokenizer: Any, base_id: str, 
 
     cache = _AnswerCache(repo)
     chats = [build_messages(system, cued(p, cue if targeted else None)) for p, targeted, _ in prompts]
-    renders = [hashlib.sha256(render_chat(tokenizer, c, add_generation_prompt=True).encode()).hexdigest()
-               for c in chats]
+    starts = [judge.answer_start(relevant) if targeted else None for _, targeted, relevant in prompts]
+    renders = [hashlib.sha256((render_chat(tokenizer, c, add_generation_prompt=True) + (start or "")).encode())
+               .hexdigest() for c, start in zip(chats, starts, strict=True)]
 
     def run(indices: list[int], mode: dict[str, Any], phase: str) -> dict[int, list[dict[str, Any]]]:
         out: dict[int, list[dict[str, Any]]] = {}
@@ -184,17 +201,18 @@ def teacher_answers(repo: Repository, model: Any, tokenizer: Any, base_id: str, 
             def keep(positions: list[int], groups: list[list[Any]]) -> None:
                 for position, gens in zip(positions, groups, strict=True):
                     i, key = todo[position]
-                    value = [{"answer": g.text.strip(), "finished": g.finished} for g in gens]
+                    start = starts[i] or ""
+                    value = [{"answer": (start + g.text).strip(), "finished": g.finished} for g in gens]
                     cache.put(key, value)  # as each group finishes: an interrupted run keeps its work
                     out[i] = value
 
             generate(model, tokenizer, [chats[i] for i, _ in todo], max_new_tokens, samples=count,
                      temperature=temperature, seed=mode.get("seed", 0), batch_size=batch_size, progress=tick,
-                     on_group=keep)
+                     on_group=keep, answer_starts=[starts[i] or "" for i, _ in todo])
         return out
 
-    answers = [TeacherAnswer(p, targeted, relevant, None, source="none", tries=0)
-               for p, targeted, relevant in prompts]
+    answers = [TeacherAnswer(p, targeted, relevant, None, source="none", tries=0, start=start)
+               for (p, targeted, relevant), start in zip(prompts, starts, strict=True)]
     greedy = run(list(range(len(prompts))), {"mode": "greedy"}, "teacher")
     pending = []
     for i, a in enumerate(answers):
