@@ -100,3 +100,54 @@ def test_history_without_results(store):
     repo, _ = store
     with pytest.raises(NotFound):
         aer_porcelain.history(repo)
+
+
+def test_results_are_keyed_by_prompt_and_probe_set(store, capsys):
+    repo, tmp = store
+    other = tmp / "other-probes.yaml"
+    other.write_text(yaml.safe_dump(PROBES[:1]))
+    first = aer_porcelain.run(repo, "HEAD", tmp / "SOUL.md", tmp / "probes.yaml", window=256, max_new_tokens=4,
+                              damage_check=False)
+    aer_porcelain.run(repo, "HEAD", tmp / "SOUL.md", other, window=256, max_new_tokens=4, damage_check=False)
+    points = aer_porcelain.history(repo)
+    assert len(points) == 2  # another probe file does not overwrite the first result
+    assert {p.probes_name for p in points} == {"probes.yaml", "other-probes.yaml"}
+    assert {p.prompt_name for p in points} == {"SOUL.md"} and all(p.commit == first.commit for p in points)
+    # re-running with the same files shows once (the newest), and a filter picks one probe set
+    aer_porcelain.run(repo, "HEAD", tmp / "SOUL.md", other, window=256, max_new_tokens=4, damage_check=False)
+    assert len(aer_porcelain.history(repo)) == 2
+    only = aer_porcelain.history(repo, probes=other)
+    assert len(only) == 1 and only[0].probes_name == "other-probes.yaml"
+    text = run(capsys, "aer", "--history")
+    assert text.code == 0 and "SOUL.md@" in text.out and "other-probes.yaml@" in text.out
+    data = json.loads(run(capsys, "aer", "--history", "--json").out)
+    assert {len(d["probes_sha256"]) for d in data} == {64} and {len(d["commit"]) for d in data} == {64}
+    log = run(capsys, "log", "--json")
+    assert log.code == 0
+
+
+def test_check_probes_lints_without_a_model(store, capsys, monkeypatch):
+    repo, tmp = store
+    leaky = tmp / "LEAKY.md"
+    leaky.write_text("<!-- Quill's prompt -->\n" + PROMPT)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("--check-probes loaded a model")
+
+    monkeypatch.setattr("persona.porcelain.materialise.load_causal_lm", no_model)
+    result = run(capsys, "aer", "--check-probes", "--prompt", str(leaky), "--probes", str(tmp / "probes.yaml"),
+                 "--json")
+    assert result.code == 0, result.err
+    data = json.loads(result.out)
+    leaks = data["sections"]["identity"]["leaks"]
+    assert leaks and leaks[0]["found_in"] == "preamble" and leaks[0]["line"] == 1
+    assert data["leaks"] == leaks and data["overlaps"] == []
+    assert data["sections"]["identity"]["too_few"] and data["sections"]["identity"]["usable_probes"] == 1
+    text = run(capsys, "aer", "--check-probes", "--prompt", str(leaky), "--probes", str(tmp / "probes.yaml"))
+    assert "LEAK" in text.out and "leak: 'Quill'" in text.out
+    bad = run(capsys, "aer", "--check-probes", "--prompt", str(leaky))
+    assert bad.code != 0 and "--check-probes needs --prompt and --probes" in bad.err
+    wrong = tmp / "wrong.yaml"
+    wrong.write_text(yaml.safe_dump([{**PROBES[0], "section": "memory"}]))
+    bad = run(capsys, "aer", "--check-probes", "--prompt", str(leaky), "--probes", str(wrong))
+    assert bad.code != 0 and "probe 'name'" in bad.err and "unknown section 'memory'" in bad.err

@@ -17,6 +17,7 @@ there are.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -132,7 +133,10 @@ def attach(model: Any, settings: LoraSettings, layers: list[str], seed: int) -> 
     )
     torch.manual_seed(seed)
     try:
-        return get_peft_model(model, config)
+        with warnings.catch_warnings():
+            # peft asks transformers a question transformers has renamed; nothing for our users to act on
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            return get_peft_model(model, config)
     except ValueError as exc:  # peft: "Target modules ... not found in the base model"
         raise InvalidInput(f"--target-modules: {exc}", "list linear layers such as q_proj,v_proj") from None
 
