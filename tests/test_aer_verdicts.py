@@ -181,3 +181,42 @@ def test_looping_answers_fail_their_probe(tok: Any) -> None:
     run = res.runs["recipe + full prompt"][0]
     assert not run.passed and any(f.startswith("repeats itself") for f in run.failures)
     assert res.section("identity").recipe_without_pass == 0
+
+
+def test_another_baked_behaviour_does_not_count_against_a_section(tok: Any) -> None:
+    # The recipe also carries a style the prompted base never shows ("Howdy!" before every
+    # answer): its answers, and so its distribution, differ from the reference's everywhere.
+    # What is judged is how much removing identity still moves the recipe, not how far the
+    # recipe is from the prompted base.
+    rules = {"HOWDY_MARK": "Howdy!", **RULES}
+    both = FakeRunner(rules, baked=["HOWDY_MARK", "ID_MARK"], model_id="both")
+    ident = evaluate(tok, recipe=both).section("identity")
+    assert ident.verdict == "DROP" and ident.kl_ratio == pytest.approx(0.0)
+    assert ident.kl_probes == ident.kl_recipe_probes == 8
+    # the same style without identity in the weights: removing identity still moves the recipe
+    # (by as much as the base, give or take what the style marker does to the logits), and its
+    # answers lose the name
+    style_only = FakeRunner(rules, baked=["HOWDY_MARK"], model_id="style")
+    ident = evaluate(tok, recipe=style_only).section("identity")
+    assert ident.verdict == "KEEP" and ident.kl_ratio is not None and ident.kl_ratio > 0.5
+    assert ident.passed["recipe_without"] == 0
+
+
+def test_echo_measure_for_teacher_answers() -> None:
+    from persona.aer.parroting import echoed_instruction
+    from persona.train.teacher import Check, Judge
+
+    section = "Your name is Timmy. You are Timmy, a cheerful assistant. When anyone asks, answer that you are Timmy."
+    assert echoed_instruction("(You're Timmy, a cheerful assistant.)", section) == "timmy a cheerful assistant"
+    assert echoed_instruction("Sure. (Your name is Timmy.)", section) == "your name is timmy"
+    # first person, or second person without the section's words: a self-introduction, not an echo
+    assert echoed_instruction("Nice to meet you. I'm Timmy, a cheerful assistant.", section) is None
+    assert echoed_instruction("No, my name is Timmy.", section) is None
+    assert echoed_instruction("Are you asking me? I'm Timmy!", section) is None
+    # words the section asks the model to say never count
+    assert echoed_instruction('You know, "Howdy!" to you', 'You always start with "Howdy!" to you',
+                              allowed=["Howdy! to you"]) is None
+    judge = Judge([Check(r"\btimmy\b", "relevant", "says timmy")], "## Identity\n" + section, [], section)
+    assert judge.verdict("Howdy! (You are Timmy, a cheerful assistant.)", True) == "parrot"  # 6 words verbatim
+    assert judge.verdict("Howdy! (You're Timmy, a cheerful assistant.)", True) == "echo"
+    assert judge.verdict("Hi! I'm Timmy, a cheerful assistant.", True) is None

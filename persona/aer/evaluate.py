@@ -10,14 +10,21 @@ base model              reference           does S matter at all?
 recipe model            (regression check)  can the recipe drop S?
 =====================  ==================  =====================
 
-plus teacher-forced KL: KL(reference || base without S), the gap S closes in
-the base, and KL(reference || recipe without S), the gap left once the recipe
-replaces S; their ratio is the normalised KL (0: the recipe reproduces the
-reference without S; 1: no closer than the base without S). The KL is taken on
-the answers that show S's behaviour: a probe's curated ``reference``, else the
-reference's own greedy answer *when it passes the probe*. A reference answer
-that fails its probe is not the behaviour, and a recipe distilled to do better
-than its teacher would be penalised for leaving it.
+plus teacher-forced KL: KL(base with S || base without S), what S does in the
+prompt, and KL(recipe with S || recipe without S), what S still does once the
+recipe carries it; their ratio is the normalised KL (0: removing S no longer
+moves the recipe; 1: it moves it as much as it moves the base). Each KL is
+taken on the answers of the model *with* S that show S's behaviour: a probe's
+curated ``reference``, else that model's own greedy answer when it passes the
+probe. Failing answers are not the behaviour.
+
+Why the recipe is compared with itself and not with the prompted base: a
+recipe carries several behaviours, and the others rightly move it away from the
+base (a style vector makes every answer open with "Howdy!", which the prompted
+base never does), so KL to the base conflates sections; and a vector distilled
+to follow S *better* than its prompted teacher (see ``persona.train.teacher``)
+would be penalised for leaving the teacher's misses behind. What DROP has to
+show is that S has become redundant in the recipe's context.
 
 Verdicts, in the order they are decided:
 
@@ -141,6 +148,9 @@ class SectionResult:
     kl_recipe_without: float | None = None
     kl_ratio: float | None = None
     kl_probes: int = 0
+    """Answers the base's KL gap was measured on (the base's passing answers, or curated references)."""
+    kl_recipe_probes: int = 0
+    """Answers the recipe's KL gap was measured on (the recipe's own passing answers with the full prompt)."""
     verdict: Verdict = "UNTESTED"
     reason: str = ""
     dropped: bool = False
@@ -235,6 +245,17 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.0f}%"
 
 
+def _teachers(group: Sequence[Probe], runs_by_id: dict[str, ProbeRun]) -> dict[str, str]:
+    """The answers a KL is teacher-forced on: each probe's curated reference, else the model's passing answer."""
+    out = {}
+    for p in group:
+        if p.reference is not None:
+            out[p.id] = p.reference
+        elif runs_by_id[p.id].passed and runs_by_id[p.id].answer.strip():
+            out[p.id] = runs_by_id[p.id].answer
+    return out
+
+
 def decide(
     name: str,
     ref_pass: float,
@@ -267,12 +288,15 @@ def decide(
     if ratio is not None:
         kl_ok = ratio <= config.max_kl_ratio + _EPS
         kl_txt = f"normalised KL {ratio:.2f} {'<=' if kl_ok else '>'} {config.max_kl_ratio:g}"
+    elif kl_base_without is None:
+        kl_ok = True
+        kl_txt = "no KL evidence (the base with the full prompt passes none of these probes)"
     elif kl_recipe_without is None:
         kl_ok = True
-        kl_txt = "no KL evidence (no reference answer passes these probes)"
+        kl_txt = "no KL evidence for the recipe (with the full prompt it passes none of these probes)"
     else:
         kl_ok = True
-        kl_txt = (f"{name} barely moves the reference's distribution on its passing answers "
+        kl_txt = (f"{name} barely moves the base's distribution on its passing answers "
                   f"(KL {kl_base_without:.3g} <= {config.kl_floor:g}): judged on pass rates")
     pass_txt = (
         f"recipe without {name} passes {_pct(recipe_without_pass)} vs reference {_pct(ref_pass)} "
@@ -363,6 +387,7 @@ def evaluate_aer(
     ref_runs = grid.run_all("base", (), probes)
     rec_full_runs = grid.run_all("recipe", (), probes)
     ref_by_id = {r.probe_id: r for r in ref_runs}
+    rec_full_by_id = {r.probe_id: r for r in rec_full_runs}
 
     def rate_by_section(runs: Sequence[ProbeRun]) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -410,15 +435,13 @@ def evaluate_aer(
         drop = (s.name,)
         base_wo = grid.run_all("base", drop, group)
         rec_wo = grid.run_all("recipe", drop, group)
-        teachers = {}
-        for p in group:
-            if p.reference is not None:
-                teachers[p.id] = p.reference
-            elif ref_by_id[p.id].passed and ref_by_id[p.id].answer.strip():
-                teachers[p.id] = ref_by_id[p.id].answer
-        kl_sets = grid.kls(group, teachers, [("base", drop), ("recipe", drop)])
-        kl_base = _mean(kl_sets[("base", drop)])
-        kl_rec = _mean(kl_sets[("recipe", drop)])
+        # How far removing S moves each model from itself with the full prompt, on the with-S
+        # model's own passing answers (or the probe's curated reference): the base's gap is what
+        # S does in the prompt, the recipe's is what is left once S is in the weights.
+        teachers = _teachers(group, ref_by_id)
+        rec_teachers = _teachers(group, rec_full_by_id)
+        kl_base = _mean(grid.kls(group, teachers, [("base", drop)])[("base", drop)])
+        kl_rec = _mean(grid.kls(group, rec_teachers, [("recipe", drop)], ref_model="recipe")[("recipe", drop)])
         rp, bp, rw = ref_rate[s.name], pass_rate(base_wo), pass_rate(rec_wo)
         assert bp is not None and rw is not None
         ids = {p.id for p in group}
@@ -442,6 +465,7 @@ def evaluate_aer(
         results[s.name] = SectionResult(
             **common, base_without_pass=bp, recipe_without_pass=rw, passed=passed,
             kl_base_without=kl_base, kl_recipe_without=kl_rec, kl_ratio=ratio, kl_probes=len(teachers),
+            kl_recipe_probes=len(rec_teachers),
             verdict=verdict, reason=reason,
         )
 

@@ -231,13 +231,14 @@ class Grid:
 
     def kls(self, probes: Sequence[Probe], teachers: dict[str, str],
             variants: Sequence[tuple[str, tuple[str, ...]]],
-            ref_drop: tuple[str, ...] = ()) -> dict[tuple[str, tuple[str, ...]], list[float | None]]:
+            ref_drop: tuple[str, ...] = (), ref_model: str = "base",
+            ) -> dict[tuple[str, tuple[str, ...]], list[float | None]]:
         """KL(reference || variant) per probe on its teacher answer, for each (model, variant).
 
         ``teachers[probe.id]`` is the answer the KL is teacher-forced on; probes
-        without one are skipped (None). The reference is the base under
-        ``ref_drop`` (the full prompt by default); its log-probs are computed at
-        most once per probe.
+        without one are skipped (None). The reference is ``ref_model`` under
+        ``ref_drop`` (the base with the full prompt by default); its log-probs are
+        computed at most once per probe.
         """
         out: dict[tuple[str, tuple[str, ...]], list[float | None]] = {v: [None] * len(probes) for v in variants}
         ref_lp: dict[int, np.ndarray] = {}
@@ -250,7 +251,7 @@ class Grid:
             answer_hash = hashlib.sha256(teacher.encode("utf-8")).hexdigest()
             for who, drop in variants:
                 _, rendered = self.chat(probe, drop)
-                key = {"op": "kl", "ref": self._gen_key("base", probe, ref_render),
+                key = {"op": "kl", "ref": self._gen_key(ref_model, probe, ref_render),
                        "other": self._gen_key(who, probe, rendered), "answer": answer_hash}
                 value = self.cache.get(key)
                 if value is None:
@@ -261,7 +262,7 @@ class Grid:
         needed = sorted({i for items in todo.values() for i, _ in items})
         if needed:
             pairs = [(self.chat(probes[i], ref_drop)[0], teachers[probes[i].id]) for i in needed]
-            for i, lp in zip(needed, answer_logprobs_many(self.runners["base"], pairs), strict=True):
+            for i, lp in zip(needed, answer_logprobs_many(self.runners[ref_model], pairs), strict=True):
                 ref_lp[i] = lp
         for (who, drop), items in todo.items():
             if not items:

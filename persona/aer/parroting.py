@@ -95,3 +95,30 @@ def parroted_span(answer: str, prompt: str, allowed: Sequence[str] = (), min_wor
     if best is None:
         return None
     return " ".join(w for w in a[best[0]:best[1]] if w is not None)
+
+
+ECHO_WORDS = 3
+_SENTENCE = re.compile(r"[.!?;:()\[\]\n]+")
+
+
+def echoed_instruction(answer: str, section: str, allowed: Sequence[str] = (), min_words: int = ECHO_WORDS) -> str | None:
+    """A sentence of the answer that restates the section to the model in the second person, else None.
+
+    Stricter than :func:`parroted_span`, for choosing teacher answers to learn from: a
+    teacher cued with the section's text often hands it back ("(You're Timmy, a cheerful
+    assistant.)", "Your name is Timmy."), shorter than a parroting run, and a student
+    trained on that learns to address its user by its own name. A sentence counts when
+    it speaks in the second person and shares ``min_words`` consecutive words with the
+    section (words of the phrases the section asks for excepted). "Nice to meet you. I'm
+    Timmy, a cheerful assistant." passes: the self-description is in the first person.
+    """
+    p = _mask_allowed(_words(section), allowed)
+    for sentence in _SENTENCE.split(answer):
+        a = _mask_allowed(_words(sentence), allowed)
+        if not _SECOND_PERSON & {w for w in a if w is not None}:
+            continue
+        runs = _runs(a, p, min_words)
+        if runs:
+            start, end = max(runs, key=lambda r: r[1] - r[0])
+            return " ".join(w for w in a[start:end] if w is not None)
+    return None

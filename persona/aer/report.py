@@ -122,7 +122,8 @@ def sections_table(result: AerResult) -> Table:
                "KL base-S", "KL recipe-S", "KL ratio", "verdict"]
     return (
         "Sections (pass rates with 95% Wilson intervals on the usable probes; ref = base + full prompt, "
-        "-S = without the section; KL on the answers that pass)",
+        "-S = without the section; KL base-S = KL(base with S || base without S), KL recipe-S likewise for the recipe, "
+        "each on that model's own passing answers)",
         headers,
         rows,
     )

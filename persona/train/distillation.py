@@ -169,7 +169,7 @@ def train_distill(repo: Repository, name: str, prompt: Path | str, section: str,
         checks = [Check(keep_if, "relevant", f"--keep-if {keep_if}")]
     else:
         checks = [Check(c.pattern, c.scope, c.why, c.start) for c in derive.derived_checks(sec.text)]
-    judge = Judge(checks, doc.text, derive.quoted_phrases(sec.text))
+    judge = Judge(checks, doc.text, derive.quoted_phrases(sec.text), section_body(sec.text))
     train_t, held_t = split(selection.targeted, settings.heldout)
     train_a, held_a = split(selection.anchors, settings.heldout)
     run = porcelain._start(repo, name, base, options, force, progress)
@@ -337,7 +337,7 @@ def _categories() -> dict[str, list[str]]:
 def _counts(answers: Sequence[Any], held_keys: set[str]) -> dict[str, int]:
     """Teacher bookkeeping: how many prompts of each kind, and how their answers were found."""
     out = {"targeted": 0, "anchors": 0, "heldout": 0, "greedy": 0, "sampled": 0, "none": 0, "answers_drawn": 0,
-           "parroting_rejected": 0, "repetition_rejected": 0, "check_rejected": 0, "targeted_kept": 0, "begun": 0}
+           "parroting_rejected": 0, "echo_rejected": 0, "repetition_rejected": 0, "check_rejected": 0, "targeted_kept": 0, "begun": 0}
     for a in answers:
         out["targeted" if a.targeted else "anchors"] += 1
         out["heldout"] += a.prompt.key in held_keys
@@ -347,6 +347,7 @@ def _counts(answers: Sequence[Any], held_keys: set[str]) -> dict[str, int]:
         out["answers_drawn"] += a.tries
         out["parroting_rejected"] += a.rejected.get("parrot", 0)
         out["repetition_rejected"] += a.rejected.get("repeat", 0)
+        out["echo_rejected"] += a.rejected.get("echo", 0)
         out["check_rejected"] += sum(v for k, v in a.rejected.items() if k.startswith("check"))
     return out
 

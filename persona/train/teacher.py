@@ -55,7 +55,7 @@ from typing import Any
 import regex
 
 from persona import canonical
-from persona.aer.parroting import parroted_span
+from persona.aer.parroting import echoed_instruction, parroted_span
 from persona.aer.repetition import repetition
 from persona.aer.tokens import build_messages, render_chat
 from persona.fsutil import atomic_write_bytes
@@ -84,6 +84,7 @@ class Judge:
     checks: list[Check]
     prompt_text: str  # the whole prompt file: what counts as parroting
     allowed_phrases: list[str] = field(default_factory=list)  # quoted phrases the section asks for
+    section_text: str = ""  # the section itself: what an answer must not hand back to the user
 
     def applicable(self, relevant: bool) -> list[Check]:
         return [c for c in self.checks if c.scope == "all" or relevant]
@@ -93,9 +94,11 @@ class Judge:
         return next((c.start for c in self.applicable(relevant) if c.start), None)
 
     def verdict(self, answer: str, relevant: bool) -> str | None:
-        """None when the answer passes, else why not ("parrot", or the failed check)."""
+        """None when the answer passes, else why not ("parrot", "echo", "repeat", or the failed check)."""
         if parroted_span(answer, self.prompt_text, self.allowed_phrases) is not None:
             return "parrot"
+        if self.section_text and echoed_instruction(answer, self.section_text, self.allowed_phrases) is not None:
+            return "echo"
         if repetition(answer) is not None:
             return "repeat"
         for check in self.applicable(relevant):
