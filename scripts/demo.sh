@@ -14,7 +14,14 @@ rm -rf "$DEMO"
 mkdir -p "$DEMO"
 export PERSONA_STORE="$DEMO/store"
 
-step() { printf '\n$ %s\n' "$*"; "$@"; }
+START=$SECONDS
+# Each step's wall time goes to $DEMO/timings.txt (the README's timings come from there).
+step() {
+    local t0=$SECONDS
+    printf '\n$ %s\n' "$*"
+    "$@"
+    printf '%5ss  %s\n' "$((SECONDS - t0))" "$*" >> "$DEMO/timings.txt"
+}
 
 step persona init "$DEMO/store"
 step persona base import smollm2
@@ -64,4 +71,5 @@ step persona gc --dry-run
 # Deterministic context compaction of an agent session (zero inference).
 step persona compact examples/sessions/hermes_debug_session.json --tokenizer smollm2 --context-window 8192 \
     -o "$DEMO/compacted_session.json"
-printf '\ndemo finished: the store is in %s\n' "$DEMO/store"
+printf '\ndemo finished in %dm%02ds (setup excluded): the store is in %s, step times in %s\n' \
+    "$(((SECONDS - START) / 60))" "$(((SECONDS - START) % 60))" "$DEMO/store" "$DEMO/timings.txt"

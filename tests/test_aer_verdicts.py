@@ -192,7 +192,7 @@ def test_another_baked_behaviour_does_not_count_against_a_section(tok: Any) -> N
     both = FakeRunner(rules, baked=["HOWDY_MARK", "ID_MARK"], model_id="both")
     ident = evaluate(tok, recipe=both).section("identity")
     assert ident.verdict == "DROP" and ident.kl_ratio == pytest.approx(0.0)
-    assert ident.kl_probes == ident.kl_recipe_probes == 8
+    assert ident.kl_probes == 8
     # the same style without identity in the weights: removing identity still moves the recipe
     # (by as much as the base, give or take what the style marker does to the logits), and its
     # answers lose the name

@@ -13,10 +13,11 @@ recipe model            (regression check)  can the recipe drop S?
 plus teacher-forced KL: KL(base with S || base without S), what S does in the
 prompt, and KL(recipe with S || recipe without S), what S still does once the
 recipe carries it; their ratio is the normalised KL (0: removing S no longer
-moves the recipe; 1: it moves it as much as it moves the base). Each KL is
-taken on the answers of the model *with* S that show S's behaviour: a probe's
-curated ``reference``, else that model's own greedy answer when it passes the
-probe. Failing answers are not the behaviour.
+moves the recipe; 1: it moves it as much as it moves the base). Both KLs are
+taken on the same answers, ones that show S's behaviour: a probe's curated
+``reference``, else the reference's greedy answer when it passes the probe,
+else the recipe's (with the full prompt) when that passes. Failing answers are
+not the behaviour.
 
 Why the recipe is compared with itself and not with the prompted base: a
 recipe carries several behaviours, and the others rightly move it away from the
@@ -148,9 +149,7 @@ class SectionResult:
     kl_recipe_without: float | None = None
     kl_ratio: float | None = None
     kl_probes: int = 0
-    """Answers the base's KL gap was measured on (the base's passing answers, or curated references)."""
-    kl_recipe_probes: int = 0
-    """Answers the recipe's KL gap was measured on (the recipe's own passing answers with the full prompt)."""
+    """Answers both KL gaps were measured on (curated references, else passing answers with the full prompt)."""
     verdict: Verdict = "UNTESTED"
     reason: str = ""
     dropped: bool = False
@@ -245,14 +244,23 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.0f}%"
 
 
-def _teachers(group: Sequence[Probe], runs_by_id: dict[str, ProbeRun]) -> dict[str, str]:
-    """The answers a KL is teacher-forced on: each probe's curated reference, else the model's passing answer."""
+def _teachers(group: Sequence[Probe], *runs_by_id: dict[str, ProbeRun]) -> dict[str, str]:
+    """The answer each KL is teacher-forced on: the probe's curated reference, else the first passing answer.
+
+    Both models' gaps are measured on the same answers, so their ratio compares like with
+    like; the recipe's passing answers count too, as the prompted base of a small model
+    often shows S only rarely (3 of 21 identity questions for SmolLM2), too few to measure on.
+    """
     out = {}
     for p in group:
         if p.reference is not None:
             out[p.id] = p.reference
-        elif runs_by_id[p.id].passed and runs_by_id[p.id].answer.strip():
-            out[p.id] = runs_by_id[p.id].answer
+            continue
+        for runs in runs_by_id:
+            run = runs[p.id]
+            if run.passed and run.answer.strip():
+                out[p.id] = run.answer
+                break
     return out
 
 
@@ -438,10 +446,9 @@ def evaluate_aer(
         # How far removing S moves each model from itself with the full prompt, on the with-S
         # model's own passing answers (or the probe's curated reference): the base's gap is what
         # S does in the prompt, the recipe's is what is left once S is in the weights.
-        teachers = _teachers(group, ref_by_id)
-        rec_teachers = _teachers(group, rec_full_by_id)
+        teachers = _teachers(group, ref_by_id, rec_full_by_id)
         kl_base = _mean(grid.kls(group, teachers, [("base", drop)])[("base", drop)])
-        kl_rec = _mean(grid.kls(group, rec_teachers, [("recipe", drop)], ref_model="recipe")[("recipe", drop)])
+        kl_rec = _mean(grid.kls(group, teachers, [("recipe", drop)], ref_model="recipe")[("recipe", drop)])
         rp, bp, rw = ref_rate[s.name], pass_rate(base_wo), pass_rate(rec_wo)
         assert bp is not None and rw is not None
         ids = {p.id for p in group}
@@ -465,7 +472,6 @@ def evaluate_aer(
         results[s.name] = SectionResult(
             **common, base_without_pass=bp, recipe_without_pass=rw, passed=passed,
             kl_base_without=kl_base, kl_recipe_without=kl_rec, kl_ratio=ratio, kl_probes=len(teachers),
-            kl_recipe_probes=len(rec_teachers),
             verdict=verdict, reason=reason,
         )
 

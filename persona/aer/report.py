@@ -123,7 +123,7 @@ def sections_table(result: AerResult) -> Table:
     return (
         "Sections (pass rates with 95% Wilson intervals on the usable probes; ref = base + full prompt, "
         "-S = without the section; KL base-S = KL(base with S || base without S), KL recipe-S likewise for the recipe, "
-        "each on that model's own passing answers)",
+        "both on the same passing answers)",
         headers,
         rows,
     )
