@@ -18,7 +18,11 @@ START=$SECONDS
 # Each step's wall time goes to $DEMO/timings.txt (the README's timings come from there).
 step() {
     local t0=$SECONDS
-    printf '\n$ %s\n' "$*"
+    local shown=() arg
+    for arg in "$@"; do  # show the command as typed: arguments with spaces or braces quoted
+        if [[ $arg =~ [[:space:]{}] ]]; then shown+=("\"$arg\""); else shown+=("$arg"); fi
+    done
+    printf '\n$ %s\n' "${shown[*]}"
     "$@"
     printf '%5ss  %s\n' "$((SECONDS - t0))" "$*" >> "$DEMO/timings.txt"
 }

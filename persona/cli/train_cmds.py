@@ -170,7 +170,9 @@ def describe_training(result, rank: int) -> list[str]:
         lines.append(f"  teacher: {c['greedy']} greedy answers kept{begun}, {c['sampled']} found by sampling, "
                      f"{c['none']} questions without an acceptable answer ({c['answers_drawn']} answers drawn; "
                      f"rejected: {c['check_rejected']} by the check, {c['parroting_rejected']} parroting, "
-                     f"{c.get('echo_rejected', 0)} echoing the section, {c.get('repetition_rejected', 0)} looping)")
+                     f"{c.get('echo_rejected', 0)} echoing the section, {c.get('repetition_rejected', 0)} looping"
+                     + (f", {c['empty_rejected']} saying nothing after the opening phrase" if c.get("empty_rejected")
+                        else "") + ")")
         from persona.train.distillation import FEW_ANSWERS
 
         if c.get("targeted_kept", FEW_ANSWERS) < FEW_ANSWERS:

@@ -337,7 +337,7 @@ def _categories() -> dict[str, list[str]]:
 def _counts(answers: Sequence[Any], held_keys: set[str]) -> dict[str, int]:
     """Teacher bookkeeping: how many prompts of each kind, and how their answers were found."""
     out = {"targeted": 0, "anchors": 0, "heldout": 0, "greedy": 0, "sampled": 0, "none": 0, "answers_drawn": 0,
-           "parroting_rejected": 0, "echo_rejected": 0, "repetition_rejected": 0, "check_rejected": 0, "targeted_kept": 0, "begun": 0}
+           "parroting_rejected": 0, "echo_rejected": 0, "empty_rejected": 0, "repetition_rejected": 0, "check_rejected": 0, "targeted_kept": 0, "begun": 0}
     for a in answers:
         out["targeted" if a.targeted else "anchors"] += 1
         out["heldout"] += a.prompt.key in held_keys
@@ -348,6 +348,7 @@ def _counts(answers: Sequence[Any], held_keys: set[str]) -> dict[str, int]:
         out["parroting_rejected"] += a.rejected.get("parrot", 0)
         out["repetition_rejected"] += a.rejected.get("repeat", 0)
         out["echo_rejected"] += a.rejected.get("echo", 0)
+        out["empty_rejected"] += a.rejected.get("empty", 0)
         out["check_rejected"] += sum(v for k, v in a.rejected.items() if k.startswith("check"))
     return out
 

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,6 +102,10 @@ class Judge:
             return "echo"
         if repetition(answer) is not None:
             return "repeat"
+        start = self.answer_start(relevant)
+        if start is not None and _words_after(answer, start) < MIN_WORDS_AFTER_START:
+            # "Howdy!" and nothing else passes a start-with check and teaches the student to stop there
+            return "empty"
         for check in self.applicable(relevant):
             try:
                 hit = regex.search(check.pattern, answer.strip(), regex.IGNORECASE, timeout=REGEX_TIMEOUT_S)
@@ -109,6 +114,18 @@ class Judge:
             if hit is None:
                 return f"check: {check.why}"
         return None
+
+
+#: An answer to a start-with section must say at least this many words after the phrase.
+MIN_WORDS_AFTER_START = 3
+
+
+def _words_after(answer: str, start: str) -> int:
+    """Words of the answer beyond its start phrase (case-insensitive; all its words if it does not begin so)."""
+    text = answer.strip()
+    if text.casefold().startswith(start.strip().casefold()):
+        text = text[len(start.strip()):]
+    return len(re.findall(r"\w+", text))
 
 
 @dataclass
