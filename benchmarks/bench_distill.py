@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _measure  # noqa: E402
 from _measure import busy_cores, dump_json, run_measured, wait_idle  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,11 +117,19 @@ def steps_to_target(result: dict) -> int | None:
     return None
 
 
-def bench_distill(work: Path) -> dict:
-    store = new_store(work)
+def bench_distill(work: Path, teacher_store: Path | None = None) -> dict:
+    """AdamW then APOLLO on the identity section; with ``teacher_store``, a copy of it whose cached
+    teacher answers make both runs training-only (steps to target do not depend on the cache)."""
+    if teacher_store is None:
+        store = new_store(work)
+        label = "distill identity (defaults)"
+    else:
+        store = work / "store"
+        shutil.copytree(teacher_store, store, symlinks=True, ignore=shutil.ignore_patterns("aer"))
+        label = "distill identity (defaults, cached teacher)"
     env = _env(store)
     out: dict = {}
-    run = timed("distill identity (defaults)", persona("train", "identity", "--distill", str(SOUL),
+    run = timed(label, persona("train", "bench-identity", "--distill", str(SOUL),
                                                       "--section", "Identity", "--eval-pass-rate", "--json"), env)
     result = json.loads(run["stdout"])
     run.update(steps_to_target=steps_to_target(result), heldout=result.get("heldout"),
@@ -133,7 +142,7 @@ def bench_distill(work: Path) -> dict:
         out["distill_apollo"] = {"skipped": "apollo-torch not installed (pip install 'persona[apollo]')"}
         return out
     run = timed("distill identity (APOLLO, cached teacher)",
-                persona("train", "identity-apollo", "--distill", str(SOUL), "--section", "Identity",
+                persona("train", "bench-identity-apollo", "--distill", str(SOUL), "--section", "Identity",
                         "--optimizer", "apollo", "--eval-pass-rate", "--json"), env)
     result = json.loads(run["stdout"])
     run.update(steps_to_target=steps_to_target(result), heldout=result.get("heldout"),
@@ -277,10 +286,14 @@ def table(results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=["distill", "aer", "generate"], action="append")
-    parser.add_argument("--store", type=Path, help="time `persona aer` on this existing store (a copy)")
+    parser.add_argument("--store", type=Path, help="time `persona aer` on this existing store (a copy), and distil "
+                        "with its cached teacher answers (training only)")
     parser.add_argument("--contend", type=int, default=2, help="busy-loop processes for the contended runs")
     parser.add_argument("--out", type=Path, default=RESULTS / "distill.json")
+    parser.add_argument("--idle-wait", type=float, default=180.0,
+                        help="seconds to wait at most for an idle machine before each timed run")
     args = parser.parse_args()
+    _measure.IDLE_WAIT = args.idle_wait
     only = set(args.only or ["distill", "aer", "generate"])
     results: dict = json.loads(args.out.read_text()) if args.out.is_file() else {}
     results["machine"] = {"cpus": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)),
@@ -288,7 +301,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="persona-bench-") as tmp:
         work = Path(tmp)
         if "distill" in only:
-            results.update(bench_distill(work / "distill"))
+            results.update(bench_distill(work / "distill", args.store))
         if "aer" in only:
             results["aer"] = bench_aer(work / "aer", args.store)
         if "generate" in only:
