@@ -315,7 +315,7 @@ def test_kl_loss_is_kl_of_the_renormalised_top_k():
     batch["target_ids"] = torch.tensor([1, 2, 3])
     mixed = distill.kl_sft_loss(_FixedLogits(student_logits), batch)[0]
     ce = torch.nn.functional.cross_entropy(student_logits[mask], batch["target_ids"], reduction="sum")
-    assert abs(float(mixed) - float(kl_k) - float(ce)) < 1e-5
+    assert abs(float(mixed.detach()) - float(kl_k.detach()) - float(ce)) < 1e-5
 
 
 def test_bad_distillation_inputs_leave_the_store_alone(repo, files, tmp_path):
@@ -420,6 +420,9 @@ def test_a_start_with_check_begins_the_teacher_answer_and_makes_those_tokens_cer
         return out
 
     monkeypatch.setattr(distill, "teacher_topk", keep_tops)
+    # the tiny random model's few tokens after the phrase are rarely words: this test is about
+    # the begun answers, not the filter for empty ones (tests/test_teacher_judge.py)
+    monkeypatch.setattr("persona.train.teacher.MIN_WORDS_AFTER_START", 0)
     result = porcelain.train_distill(repo, "ahoy", prompt, "style", questions,
                                      _settings(keep_if=None, objective="kl", heldout=0.0, rounds=0),
                                      options=_options())
