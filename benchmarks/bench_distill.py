@@ -97,7 +97,7 @@ def timed(label: str, argv: list[str], env: dict[str, str]) -> dict:
     print(f"  {m.wall_s:.1f}s wall, {m.cpu_s:.1f}s CPU, peak RSS {m.peak_rss / 1e9:.2f} GB, "
           f"other load {m.foreign_cpu_s / max(m.wall_s, 1e-9):.2f} cores", flush=True)
     return {"label": label, **m.to_json(), "idle_before": idle,
-            "other_cores": m.foreign_cpu_s / max(m.wall_s, 1e-9), "stdout": m.stdout[-20000:]}
+            "other_cores": m.foreign_cpu_s / max(m.wall_s, 1e-9), "stdout": m.stdout}  # whole: --json output is parsed (callers pop it before saving)
 
 
 def new_store(parent: Path) -> Path:
