@@ -128,27 +128,23 @@ def bench_distill(work: Path, teacher_store: Path | None = None) -> dict:
         shutil.copytree(teacher_store, store, symlinks=True, ignore=shutil.ignore_patterns("aer"))
         label = "distill identity (defaults, cached teacher)"
     env = _env(store)
-    out: dict = {}
-    run = timed(label, persona("train", "bench-identity", "--distill", str(SOUL),
-                                                      "--section", "Identity", "--eval-pass-rate", "--json"), env)
-    result = json.loads(run["stdout"])
-    run.update(steps_to_target=steps_to_target(result), heldout=result.get("heldout"),
-               validation=result.get("validation"), validation_pass=result.get("validation_pass"))
-    run.pop("stdout")
-    out["distill_adamw"] = run
+
+    def distill(run_label: str, name: str, *extra: str) -> dict:
+        run = timed(run_label, persona("train", name, "--distill", str(SOUL), "--section", "Identity", *extra,
+                                       "--eval-pass-rate", "--json"), env)
+        result = json.loads(run.pop("stdout"))
+        run.update(steps_to_target=steps_to_target(result), heldout=result.get("heldout"),
+                   validation=result.get("validation"), validation_pass=result.get("validation_pass"))
+        return run
+
+    out: dict = {"distill_adamw": distill(label, "bench-identity")}
     try:
         import apollo_torch  # noqa: F401
     except ImportError:
         out["distill_apollo"] = {"skipped": "apollo-torch not installed (pip install 'persona[apollo]')"}
         return out
-    run = timed("distill identity (APOLLO, cached teacher)",
-                persona("train", "bench-identity-apollo", "--distill", str(SOUL), "--section", "Identity",
-                        "--optimizer", "apollo", "--eval-pass-rate", "--json"), env)
-    result = json.loads(run["stdout"])
-    run.update(steps_to_target=steps_to_target(result), heldout=result.get("heldout"),
-               validation=result.get("validation"), validation_pass=result.get("validation_pass"))
-    run.pop("stdout")
-    out["distill_apollo"] = run
+    out["distill_apollo"] = distill("distill identity (APOLLO, cached teacher)", "bench-identity-apollo",
+                                    "--optimizer", "apollo")
     out["store"] = str(store)
     return out
 
